@@ -1,0 +1,857 @@
+//! The one engine builder every entry point uses (server, CLI, later the scheduler).
+//!
+//! [`Engine::open`] builds a DataFusion session with a bounded memory pool
+//! (`FairSpillPool` inside `TrackConsumersPool`, so a failure names the biggest consumers), a
+//! spill directory, object stores for local paths and any `s3://` bucket, all functions from
+//! `streampulse-udfs`, and the persistent catalog as the only catalog.
+//!
+//! Statements are planned by DataFusion; DDL is then carried out here against the persistent
+//! catalog (managed tables become Delta tables under the warehouse root), while queries and
+//! DML run on DataFusion with the catalog's table providers (Delta's `insert_into` commits
+//! once at the end, so a failed INSERT leaves the table exactly as it was).
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList, TableProvider};
+use datafusion::common::{Column, SchemaReference, TableReference};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{CreateExternalTable, CreateMemoryTable, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, cast};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{DataType as SqlDataType, HiveDistributionStyle, Statement as SqlStatement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::protocol::SaveMode;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use tracing::{info, warn};
+
+use crate::error::{CatalogError, Result};
+use crate::provider::{Shared, WarehouseCatalog};
+use crate::state::{CatalogState, CatalogStore, DEFAULT_SCHEMA, TableEntry};
+use crate::storage::{S3Config, Warehouse};
+
+/// The name of the one catalog (Flight SQL "catalog", SQL `catalog.schema.table`).
+pub const CATALOG_NAME: &str = "streampulse";
+
+/// Everything needed to build an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Local folder or `s3://bucket/prefix`.
+    pub warehouse: String,
+    /// S3 endpoint, region and keys.
+    pub s3: S3Config,
+    /// Memory pool size in bytes shared by all queries.
+    pub memory_limit: usize,
+    /// Where operators spill; the OS temp folder when `None`.
+    pub spill_dir: Option<PathBuf>,
+    /// Partitions per query; the number of cores when `None`.
+    pub target_partitions: Option<usize>,
+}
+
+impl EngineConfig {
+    /// A config for `warehouse` with the given memory limit and defaults for the rest.
+    pub fn new(warehouse: impl Into<String>, memory_limit: usize) -> Self {
+        Self {
+            warehouse: warehouse.into(),
+            s3: S3Config::default(),
+            memory_limit,
+            spill_dir: None,
+            target_partitions: None,
+        }
+    }
+}
+
+/// What kind of statement was planned: decides how a protocol runs and answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    /// Produces rows.
+    Query,
+    /// Changes data; answers a row count.
+    Dml,
+    /// Changes the catalog.
+    Ddl,
+    /// Changes the session (SET).
+    Session,
+}
+
+/// A planned statement, not yet run.
+#[derive(Debug, Clone)]
+pub enum Planned {
+    /// SELECT, SHOW, EXPLAIN, ...
+    Query(LogicalPlan),
+    /// INSERT, COPY.
+    Dml(LogicalPlan),
+    /// CREATE / DROP of schemas, tables, views.
+    Ddl(Box<Ddl>),
+    /// SET and other session statements.
+    Session(LogicalPlan),
+}
+
+/// A DDL statement with what DataFusion's plan does not carry.
+#[derive(Debug, Clone)]
+pub struct Ddl {
+    /// The planned statement.
+    pub statement: DdlStatement,
+    /// `PARTITIONED BY` columns of a `CREATE TABLE`.
+    pub partition_columns: Vec<String>,
+    /// The statement text, stored for external tables and views.
+    pub sql: String,
+}
+
+impl Planned {
+    /// The statement's kind.
+    pub fn kind(&self) -> StatementKind {
+        match self {
+            Planned::Query(_) => StatementKind::Query,
+            Planned::Dml(_) => StatementKind::Dml,
+            Planned::Ddl(_) => StatementKind::Ddl,
+            Planned::Session(_) => StatementKind::Session,
+        }
+    }
+
+    /// The logical plan, for queries, DML and session statements.
+    pub fn logical_plan(&self) -> Option<&LogicalPlan> {
+        match self {
+            Planned::Query(p) | Planned::Dml(p) | Planned::Session(p) => Some(p),
+            Planned::Ddl(_) => None,
+        }
+    }
+}
+
+/// Schema of the single-row answer to DML: `count UInt64`.
+pub fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]))
+}
+
+/// The warehouse engine: catalog + DataFusion session template.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Arc<CatalogStore>,
+    base: SessionState,
+    memory_limit: usize,
+}
+
+impl Engine {
+    /// Build the engine over the warehouse described by `config`.
+    pub async fn open(config: EngineConfig) -> Result<Self> {
+        let warehouse = Warehouse::open(&config.warehouse, config.s3.clone())?;
+        let store = Arc::new(CatalogStore::open(warehouse.clone()).await?);
+
+        let top_consumers = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
+        let pool: Arc<dyn MemoryPool> =
+            Arc::new(TrackConsumersPool::new(FairSpillPool::new(config.memory_limit), top_consumers));
+        let disk = match &config.spill_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    CatalogError::Config(format!("cannot create spill folder {}: {e}", dir.display()))
+                })?;
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()]))
+            }
+            None => DiskManagerBuilder::default(),
+        };
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool)
+            .with_disk_manager_builder(disk)
+            .with_object_store_registry(warehouse.object_store_registry())
+            .build_arc()?;
+
+        let mut session_config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA);
+        if let Some(n) = config.target_partitions {
+            session_config = session_config.with_target_partitions(n.max(1));
+        }
+        // Plain Utf8 everywhere: Delta and older Flight SQL clients do not know the view types.
+        session_config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        session_config.options_mut().execution.parquet.schema_force_view_types = false;
+
+        let shared = Shared::new(store.clone());
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog(CATALOG_NAME.to_string(), Arc::new(WarehouseCatalog::new(shared.clone())));
+
+        let state = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_catalog_list(catalogs)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        streampulse_udfs::register_all(&ctx)?;
+        let base = ctx.state();
+        // The catalog re-plans views and external tables with the same functions and stores.
+        let _ = shared.planner.set(base.clone());
+        info!(warehouse = %warehouse.root(), memory_limit = config.memory_limit, "engine ready");
+        Ok(Self { store, base, memory_limit: config.memory_limit })
+    }
+
+    /// A fresh session over the shared catalog, memory pool and functions.
+    pub fn session(&self) -> SessionContext {
+        SessionContext::new_with_state(self.base.clone())
+    }
+
+    /// The persistent catalog.
+    pub fn catalog(&self) -> &Arc<CatalogStore> {
+        &self.store
+    }
+
+    /// The global memory pool size in bytes.
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit
+    }
+
+    /// Catch up with catalog changes made by other processes.
+    pub async fn refresh(&self) -> Result<Arc<CatalogState>> {
+        self.store.refresh().await
+    }
+
+    /// Split a script into statements.
+    pub fn parse(&self, sql: &str) -> Result<Vec<DFStatement>> {
+        let mut parser = DFParserBuilder::new(sql).with_dialect(&GenericDialect {}).build()?;
+        Ok(parser.parse_statements()?.into_iter().collect())
+    }
+
+    /// Plan one statement in `ctx`.
+    pub async fn plan(&self, ctx: &SessionContext, statement: DFStatement) -> Result<Planned> {
+        self.store.refresh().await?;
+        let sql = statement.to_string();
+        let (statement, partition_columns) = take_partition_columns(statement)?;
+        reject_runtime_settings(&statement)?;
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        Ok(match plan {
+            LogicalPlan::Ddl(statement) => Planned::Ddl(Box::new(Ddl { statement, partition_columns, sql })),
+            LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => Planned::Dml(plan),
+            LogicalPlan::Statement(_) => Planned::Session(plan),
+            other => Planned::Query(other),
+        })
+    }
+
+    /// Plan a single SQL statement given as text.
+    pub async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<Planned> {
+        let mut statements = self.parse(sql)?;
+        if statements.len() != 1 {
+            return Err(CatalogError::Unsupported(format!(
+                "expected exactly one SQL statement, found {}",
+                statements.len()
+            )));
+        }
+        let statement = statements.remove(0);
+        self.plan(ctx, statement).await
+    }
+
+    /// The physical plan of a query, DML or session statement.
+    pub async fn physical_plan(&self, ctx: &SessionContext, plan: LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
+        let df = ctx.execute_logical_plan(plan).await?;
+        Ok(df.create_physical_plan().await?)
+    }
+
+    /// Run a physical plan as a stream of batches.
+    pub fn execute(&self, ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Result<SendableRecordBatchStream> {
+        Ok(datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?)
+    }
+
+    /// Run a DML plan to the end and return the number of rows it changed.
+    pub async fn run_dml(&self, ctx: &SessionContext, plan: LogicalPlan) -> Result<u64> {
+        let physical = self.physical_plan(ctx, plan).await?;
+        let stream = self.execute(ctx, physical)?;
+        count_rows(stream).await
+    }
+
+    /// Run a planned statement whose answer is not a row stream (DDL, DML, SET).
+    /// Returns the affected row count for DML, `None` otherwise.
+    pub async fn run_command(&self, ctx: &SessionContext, planned: Planned) -> Result<Option<u64>> {
+        match planned {
+            Planned::Ddl(ddl) => {
+                self.run_ddl(ctx, *ddl).await?;
+                Ok(None)
+            }
+            Planned::Dml(plan) => Ok(Some(self.run_dml(ctx, plan).await?)),
+            Planned::Session(plan) => {
+                ctx.execute_logical_plan(plan).await?.collect().await?;
+                Ok(None)
+            }
+            Planned::Query(plan) => {
+                ctx.execute_logical_plan(plan).await?.collect().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Carry out a DDL statement against the persistent catalog.
+    pub async fn run_ddl(&self, ctx: &SessionContext, ddl: Ddl) -> Result<()> {
+        let Ddl { statement, partition_columns, sql } = ddl;
+        match statement {
+            DdlStatement::CreateCatalogSchema(c) => {
+                let name = bare_schema_name(&c.schema_name)?;
+                let if_not_exists = c.if_not_exists;
+                self.store
+                    .commit(|s| {
+                        if s.schemas.contains_key(&name) {
+                            return if if_not_exists {
+                                Ok(())
+                            } else {
+                                Err(CatalogError::AlreadyExists { kind: "schema", name: name.clone() })
+                            };
+                        }
+                        s.schemas.insert(name.clone(), Default::default());
+                        Ok(())
+                    })
+                    .await?;
+                info!(schema = %name, "schema created");
+            }
+            DdlStatement::DropCatalogSchema(d) => {
+                let name = match &d.name {
+                    SchemaReference::Bare { schema } => schema.to_string(),
+                    SchemaReference::Full { schema, catalog } => {
+                        check_catalog(catalog)?;
+                        schema.to_string()
+                    }
+                };
+                let (if_exists, cascade) = (d.if_exists, d.cascade);
+                let before = self.store.refresh().await?;
+                self.store
+                    .commit(|s| match s.schemas.get(&name) {
+                        None if if_exists => Ok(()),
+                        None => Err(CatalogError::NotFound { kind: "schema", name: name.clone() }),
+                        Some(entry) if !entry.tables.is_empty() && !cascade => Err(CatalogError::Unsupported(
+                            format!("schema '{name}' is not empty: drop its tables first or use DROP SCHEMA ... CASCADE"),
+                        )),
+                        Some(_) => {
+                            s.schemas.remove(&name);
+                            Ok(())
+                        }
+                    })
+                    .await?;
+                if let Some(entry) = before.schemas.get(&name) {
+                    for t in entry.tables.values() {
+                        self.delete_managed_data(t).await;
+                    }
+                }
+                info!(schema = %name, "schema dropped");
+            }
+            DdlStatement::CreateExternalTable(cmd) => {
+                if cmd.temporary {
+                    return Err(CatalogError::Unsupported("temporary tables are not supported".into()));
+                }
+                let (schema, table) = self.resolve(ctx, &cmd.name)?;
+                // Validate now (format, location, schema inference) so a bad definition is never stored.
+                external_table_provider(&ctx.state(), &cmd).await?;
+                let location = cmd.locations.join(",");
+                let entry = TableEntry::External { sql, location };
+                self.put_entry(&schema, &table, entry, cmd.if_not_exists, cmd.or_replace, "table").await?;
+                info!(schema = %schema, table = %table, "external table created");
+            }
+            DdlStatement::CreateView(v) => {
+                if v.temporary {
+                    return Err(CatalogError::Unsupported("temporary views are not supported".into()));
+                }
+                let (schema, table) = self.resolve(ctx, &v.name)?;
+                let entry = TableEntry::View { sql: v.definition.clone().unwrap_or(sql) };
+                self.put_entry(&schema, &table, entry, false, v.or_replace, "view").await?;
+                info!(schema = %schema, view = %table, "view created");
+            }
+            DdlStatement::CreateMemoryTable(c) => self.create_managed(ctx, c, partition_columns).await?,
+            DdlStatement::DropTable(d) => self.drop_entry(ctx, &d.name, d.if_exists, false).await?,
+            DdlStatement::DropView(d) => self.drop_entry(ctx, &d.name, d.if_exists, true).await?,
+            other => {
+                return Err(CatalogError::Unsupported(format!("{} is not supported by this warehouse", other.name())));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(schema, table)` for a reference, defaulting the schema and checking the catalog.
+    fn resolve(&self, ctx: &SessionContext, name: &TableReference) -> Result<(String, String)> {
+        if let Some(catalog) = name.catalog() {
+            check_catalog(catalog)?;
+        }
+        let schema = match name.schema() {
+            Some(s) => s.to_string(),
+            None => ctx.state().config_options().catalog.default_schema.clone(),
+        };
+        Ok((schema, name.table().to_string()))
+    }
+
+    async fn put_entry(
+        &self,
+        schema: &str,
+        table: &str,
+        entry: TableEntry,
+        if_not_exists: bool,
+        or_replace: bool,
+        kind: &'static str,
+    ) -> Result<Option<TableEntry>> {
+        let replaced = self.store.snapshot().table(schema, table).cloned();
+        let committed = self
+            .store
+            .commit(|s| {
+                let tables = &mut s.schema_mut(schema)?.tables;
+                if tables.contains_key(table) && !or_replace {
+                    return if if_not_exists {
+                        Ok(())
+                    } else {
+                        Err(CatalogError::AlreadyExists { kind, name: format!("{schema}.{table}") })
+                    };
+                }
+                tables.insert(table.to_string(), entry.clone());
+                Ok(())
+            })
+            .await?;
+        // Only a replaced managed table's files become garbage.
+        if or_replace {
+            if let Some(old) = &replaced {
+                if committed.table(schema, table) != Some(old) {
+                    self.delete_managed_data(old).await;
+                }
+            }
+        }
+        Ok(replaced)
+    }
+
+    async fn create_managed(
+        &self,
+        ctx: &SessionContext,
+        c: CreateMemoryTable,
+        partition_columns: Vec<String>,
+    ) -> Result<()> {
+        if c.temporary {
+            return Err(CatalogError::Unsupported("temporary tables are not supported".into()));
+        }
+        let (schema, table) = self.resolve(ctx, &c.name)?;
+        let snapshot = self.store.refresh().await?;
+        if !snapshot.schemas.contains_key(&schema) {
+            return Err(CatalogError::NotFound { kind: "schema", name: schema });
+        }
+        if snapshot.table(&schema, &table).is_some() && !c.or_replace {
+            if c.if_not_exists {
+                return Ok(());
+            }
+            return Err(CatalogError::AlreadyExists { kind: "table", name: format!("{schema}.{table}") });
+        }
+        let arrow_schema: Schema = c.input.schema().as_arrow().clone();
+        for p in &partition_columns {
+            if arrow_schema.field_with_name(p).is_err() {
+                return Err(CatalogError::Unsupported(format!(
+                    "PARTITIONED BY column '{p}' is not a column of {schema}.{table}"
+                )));
+            }
+        }
+        if !partition_columns.is_empty() && partition_columns.len() == arrow_schema.fields().len() {
+            return Err(CatalogError::Unsupported(format!(
+                "{schema}.{table} must have at least one column that is not a partition column"
+            )));
+        }
+        let input = delta_compatible_plan((*c.input).clone())?;
+        let source = if matches!(c.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row) {
+            Source::Empty(Arc::new(arrow_schema))
+        } else {
+            Source::Plan(input, ctx.state())
+        };
+        let location = self.new_managed_table(&schema, &table, source, &partition_columns).await?;
+        let entry = TableEntry::Managed { location: location.clone(), partition_columns };
+        if let Err(e) = self.put_entry(&schema, &table, entry, c.if_not_exists, c.or_replace, "table").await {
+            self.delete_location(&location).await;
+            return Err(e);
+        }
+        info!(schema = %schema, table = %table, location = %location, "managed table created");
+        Ok(())
+    }
+
+    /// Create a Delta table under a fresh folder and fill it from `source`; returns the folder.
+    /// On failure the folder is removed, so nothing half-written is ever left behind.
+    async fn new_managed_table(
+        &self,
+        schema: &str,
+        table: &str,
+        source: Source,
+        partition_columns: &[String],
+    ) -> Result<String> {
+        let arrow_schema = match &source {
+            Source::Empty(s) => delta_compatible_schema(s),
+            Source::Plan(p, _) => Arc::new(p.schema().as_arrow().clone()),
+            Source::Batches(s, _) => delta_compatible_schema(s),
+        };
+        let delta_schema: StructType = arrow_schema.as_ref().try_into_kernel().map_err(|e| {
+            CatalogError::Unsupported(format!("a column type of {schema}.{table} cannot be stored in a Delta table: {e}"))
+        })?;
+        let warehouse = self.store.warehouse();
+        let location = format!("{schema}/{table}-{}", uuid::Uuid::new_v4().simple());
+        let url = warehouse.url(&location)?;
+        let result: Result<()> = async {
+            let delta = deltalake::operations::create::CreateBuilder::new()
+                .with_location(url.to_string())
+                .with_storage_options(warehouse.storage_options())
+                .with_table_name(table.to_string())
+                .with_columns(delta_schema.fields().cloned())
+                .with_partition_columns(partition_columns.to_vec())
+                .await?;
+            match source {
+                Source::Empty(_) => {}
+                Source::Plan(plan, state) => {
+                    delta
+                        .write(Vec::new())
+                        .with_input_plan(plan)
+                        .with_session_state(Arc::new(state))
+                        .with_save_mode(SaveMode::Append)
+                        .await?;
+                }
+                Source::Batches(_, batches) => {
+                    let batches = cast_batches(&arrow_schema, batches)?;
+                    if !batches.is_empty() {
+                        delta.write(batches).with_save_mode(SaveMode::Append).await?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.delete_location(&location).await;
+            return Err(e);
+        }
+        Ok(location)
+    }
+
+    /// Bulk-load record batches into a managed table (Flight SQL ingest), in one Delta commit.
+    pub async fn ingest(
+        &self,
+        ctx: &SessionContext,
+        target: &TableReference,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        mode: IngestMode,
+    ) -> Result<u64> {
+        let (schema_name, table) = self.resolve(ctx, target)?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let snapshot = self.store.refresh().await?;
+        if !snapshot.schemas.contains_key(&schema_name) {
+            return Err(CatalogError::NotFound { kind: "schema", name: schema_name });
+        }
+        let existing = snapshot.table(&schema_name, &table).cloned();
+        let full = format!("{schema_name}.{table}");
+        match (existing, mode) {
+            (None, IngestMode::Append) => return Err(CatalogError::NotFound { kind: "table", name: full }),
+            (Some(_), IngestMode::Create) => return Err(CatalogError::AlreadyExists { kind: "table", name: full }),
+            (None, _) | (Some(_), IngestMode::Replace) => {
+                let replace = mode == IngestMode::Replace;
+                let location =
+                    self.new_managed_table(&schema_name, &table, Source::Batches(schema, batches), &[]).await?;
+                let entry = TableEntry::Managed { location: location.clone(), partition_columns: Vec::new() };
+                if let Err(e) = self.put_entry(&schema_name, &table, entry, false, replace, "table").await {
+                    self.delete_location(&location).await;
+                    return Err(e);
+                }
+            }
+            (Some(TableEntry::Managed { location, .. }), IngestMode::Append | IngestMode::CreateAppend) => {
+                let warehouse = self.store.warehouse();
+                let url = warehouse.url(&location)?;
+                let delta = deltalake::open_table_with_storage_options(url, warehouse.storage_options()).await?;
+                let target_schema = delta_compatible_schema(&schema);
+                let batches = cast_batches(&target_schema, batches)?;
+                if !batches.is_empty() {
+                    delta.write(batches).with_save_mode(SaveMode::Append).await?;
+                }
+            }
+            (Some(_), _) => {
+                return Err(CatalogError::Unsupported(format!("{full} is not a managed table: cannot ingest into it")));
+            }
+        }
+        info!(table = %full, rows, ?mode, "ingested");
+        Ok(rows)
+    }
+
+    async fn drop_entry(&self, ctx: &SessionContext, name: &TableReference, if_exists: bool, view: bool) -> Result<()> {
+        let (schema, table) = self.resolve(ctx, name)?;
+        let kind = if view { "view" } else { "table" };
+        let before = self.store.refresh().await?.table(&schema, &table).cloned();
+        self.store
+            .commit(|s| {
+                let Some(tables) = s.schemas.get_mut(&schema).map(|e| &mut e.tables) else {
+                    return if if_exists { Ok(()) } else { Err(CatalogError::NotFound { kind: "schema", name: schema.clone() }) };
+                };
+                match tables.get(&table) {
+                    None if if_exists => Ok(()),
+                    None => Err(CatalogError::NotFound { kind, name: format!("{schema}.{table}") }),
+                    Some(TableEntry::View { .. }) if !view => Err(CatalogError::Unsupported(format!(
+                        "{schema}.{table} is a view: use DROP VIEW"
+                    ))),
+                    Some(TableEntry::Managed { .. } | TableEntry::External { .. }) if view => Err(
+                        CatalogError::Unsupported(format!("{schema}.{table} is a table: use DROP TABLE")),
+                    ),
+                    Some(_) => {
+                        tables.remove(&table);
+                        Ok(())
+                    }
+                }
+            })
+            .await?;
+        if let Some(entry) = before {
+            self.delete_managed_data(&entry).await;
+        }
+        info!(schema = %schema, name = %table, kind, "dropped");
+        Ok(())
+    }
+
+    /// Remove a managed table's files after its catalog entry is gone (best effort: leftovers
+    /// are invisible and only cost space).
+    async fn delete_managed_data(&self, entry: &TableEntry) {
+        if let TableEntry::Managed { location, .. } = entry {
+            self.delete_location(location).await;
+        }
+    }
+
+    async fn delete_location(&self, location: &str) {
+        let warehouse = self.store.warehouse();
+        let prefix = warehouse.path(location);
+        let store = warehouse.store().clone();
+        let paths: Vec<_> = match store.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(location, error = %e, "could not list files of a dropped table");
+                return;
+            }
+        };
+        let mut deletes = futures::stream::iter(paths).map(|p| {
+            let store = store.clone();
+            async move { store.delete(&p).await }
+        });
+        let mut failed = 0usize;
+        while let Some(f) = deletes.next().await {
+            if f.await.is_err() {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            warn!(location, failed, "some files of a dropped table could not be deleted");
+        }
+        if let Ok(dir) = warehouse.url(location) {
+            if let Ok(path) = dir.to_file_path() {
+                let _ = std::fs::remove_dir_all(path);
+            }
+        }
+    }
+}
+
+/// Build the table provider for an external table definition with DataFusion's factories.
+pub(crate) async fn external_table_provider(
+    state: &SessionState,
+    cmd: &CreateExternalTable,
+) -> Result<Arc<dyn TableProvider>> {
+    let file_type = cmd.file_type.to_uppercase();
+    let factory = state.table_factories().get(file_type.as_str()).ok_or_else(|| {
+        CatalogError::Unsupported(format!(
+            "unknown file format '{}': use PARQUET, CSV, JSON or AVRO",
+            cmd.file_type
+        ))
+    })?;
+    Ok(factory.create(state, cmd).await?)
+}
+
+/// Sum the `count` column of a DML answer.
+pub async fn count_rows(mut stream: SendableRecordBatchStream) -> Result<u64> {
+    let mut total = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_columns() == 0 {
+            continue;
+        }
+        if let Some(counts) = batch.column(0).as_any().downcast_ref::<UInt64Array>() {
+            total += counts.iter().flatten().sum::<u64>();
+        } else {
+            total += batch.num_rows() as u64;
+        }
+    }
+    Ok(total)
+}
+
+fn check_catalog(catalog: &str) -> Result<()> {
+    if catalog != CATALOG_NAME {
+        return Err(CatalogError::NotFound { kind: "catalog", name: catalog.to_string() });
+    }
+    Ok(())
+}
+
+/// `schema` or `streampulse.schema` → `schema`.
+fn bare_schema_name(name: &str) -> Result<String> {
+    match name.split_once('.') {
+        Some((catalog, schema)) => {
+            check_catalog(catalog)?;
+            Ok(schema.to_string())
+        }
+        None => Ok(name.to_string()),
+    }
+}
+
+/// Lift `PARTITIONED BY (a, b)` off a `CREATE TABLE` (DataFusion rejects it) and return it.
+fn take_partition_columns(statement: DFStatement) -> Result<(DFStatement, Vec<String>)> {
+    let DFStatement::Statement(mut inner) = statement else {
+        return Ok((statement, Vec::new()));
+    };
+    let mut columns = Vec::new();
+    if let SqlStatement::CreateTable(ct) = inner.as_mut() {
+        if let HiveDistributionStyle::PARTITIONED { columns: defs } = &ct.hive_distribution {
+            for def in defs {
+                if !matches!(def.data_type, SqlDataType::Unspecified) {
+                    return Err(CatalogError::Unsupported(format!(
+                        "PARTITIONED BY takes column names of the table, not definitions: remove the type after '{}'",
+                        def.name
+                    )));
+                }
+                let name = if def.name.quote_style.is_some() {
+                    def.name.value.clone()
+                } else {
+                    def.name.value.to_lowercase()
+                };
+                columns.push(name);
+            }
+            ct.hive_distribution = HiveDistributionStyle::NONE;
+        }
+    }
+    Ok((DFStatement::Statement(inner), columns))
+}
+
+/// A session may not replace the engine's memory pool or spill settings (they would escape
+/// the global cap).
+fn reject_runtime_settings(statement: &DFStatement) -> Result<()> {
+    if let DFStatement::Statement(s) = statement {
+        if let SqlStatement::Set(_) = s.as_ref() {
+            let text = s.to_string().to_lowercase();
+            if text.contains("datafusion.runtime.") {
+                return Err(CatalogError::Unsupported(
+                    "datafusion.runtime.* settings are fixed by the server configuration (memory limit, spill folder)".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What Flight SQL ingest does when the table exists or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestMode {
+    /// Create; fail if it exists.
+    Create,
+    /// Append; fail if it does not exist.
+    Append,
+    /// Create or replace.
+    Replace,
+    /// Create if missing, else append.
+    CreateAppend,
+}
+
+/// Where a new managed table's rows come from.
+enum Source {
+    /// No rows, only a schema.
+    Empty(SchemaRef),
+    /// A query's result.
+    Plan(LogicalPlan, SessionState),
+    /// Rows a client sent.
+    Batches(SchemaRef, Vec<RecordBatch>),
+}
+
+/// The closest type a Delta table can store (Delta has no unsigned, view, large or nanosecond types).
+fn delta_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary | DataType::FixedSizeBinary(_) => DataType::Binary,
+        DataType::UInt8 => DataType::Int16,
+        DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+        DataType::Float16 => DataType::Float32,
+        DataType::Date64 => DataType::Date32,
+        DataType::Null => DataType::Utf8,
+        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        DataType::Dictionary(_, v) => delta_type(v),
+        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) | DataType::LargeListView(f) => {
+            DataType::List(Arc::new(f.as_ref().clone().with_data_type(delta_type(f.data_type()))))
+        }
+        DataType::FixedSizeList(f, _) => {
+            DataType::List(Arc::new(f.as_ref().clone().with_data_type(delta_type(f.data_type()))))
+        }
+        DataType::Struct(fields) => DataType::Struct(
+            fields.iter().map(|f| Arc::new(f.as_ref().clone().with_data_type(delta_type(f.data_type())))).collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn delta_compatible_schema(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Arc::new(f.as_ref().clone().with_data_type(delta_type(f.data_type())).with_nullable(true)))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
+/// Cast a plan's output columns to Delta-compatible types where needed.
+fn delta_compatible_plan(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let needs_cast = plan.schema().fields().iter().any(|f| &delta_type(f.data_type()) != f.data_type());
+    if !needs_cast {
+        return Ok(plan);
+    }
+    let exprs: Vec<Expr> = plan
+        .schema()
+        .iter()
+        .map(|(qualifier, field)| {
+            let column = Expr::Column(Column::from((qualifier, field)));
+            let target = delta_type(field.data_type());
+            if &target == field.data_type() {
+                column
+            } else {
+                cast(column, target).alias(field.name())
+            }
+        })
+        .collect();
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// Cast client batches to the table's types (fails clearly on values that do not fit).
+fn cast_batches(target: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            if b.num_columns() != target.fields().len() {
+                return Err(CatalogError::Unsupported(format!(
+                    "ingested data has {} columns, the table has {}",
+                    b.num_columns(),
+                    target.fields().len()
+                )));
+            }
+            let columns = b
+                .columns()
+                .iter()
+                .zip(target.fields())
+                .map(|(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c.clone())
+                    } else {
+                        arrow::compute::cast(c, f.data_type()).map_err(|e| {
+                            CatalogError::Unsupported(format!("column '{}': {e}", f.name()))
+                        })
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let relaxed = Arc::new(Schema::new(
+                target.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+            ));
+            RecordBatch::try_new(relaxed, columns).map_err(|e| CatalogError::Unsupported(e.to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,350 @@
+//! The `streampulse` command line: `serve`, `sql`, `user`.
+//!
+//! Each command resolves its configuration (flags, env vars, TOML file, defaults), builds the
+//! one engine with [`streampulse_catalog::Engine::open`], and hands it to the protocol or to
+//! the script runner, so the server, the CLI and (later) the scheduler run SQL the same way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use arrow::util::pretty::pretty_format_batches;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use clap::{Parser, Subcommand};
+use futures::TryStreamExt;
+use streampulse_catalog::{Engine, Planned};
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{error, info};
+
+use crate::auth::{self, Authenticator, Role};
+use crate::config::{self, FileConfig, WarehouseArgs};
+use crate::flight::wrapper::Service;
+use crate::flight::{MAX_MESSAGE_BYTES, StreamPulseFlightSql};
+
+/// StreamPulse Warehouse: SQL on Parquet/Delta tables, served over Arrow Flight SQL.
+#[derive(Debug, Parser)]
+#[command(name = "streampulse", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Flight SQL server on a warehouse (a local folder by default).
+    Serve(ServeArgs),
+    /// Run SQL statements and print the results: embedded (no server needed) or, with
+    /// --connect, against a running server.
+    Sql(SqlArgs),
+    /// Manage the users who may connect (stored in the warehouse catalog).
+    User(UserArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+    /// Address to listen on; port 0 picks a free port (printed at start) [default: 127.0.0.1:50051]
+    #[arg(long, env = "STREAMPULSE_LISTEN")]
+    listen: Option<String>,
+    /// Lifetime of bearer tokens issued at handshake [default: 12h]
+    #[arg(long, env = "STREAMPULSE_TOKEN_TTL")]
+    token_ttl: Option<String>,
+    /// Name of the admin created on the first start of a fresh warehouse [default: admin]
+    #[arg(long, env = "STREAMPULSE_ADMIN_USER")]
+    admin_user: Option<String>,
+    /// Password of that first admin; generated and printed once when unset
+    #[arg(long, env = "STREAMPULSE_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// Load the small demo schema (sql/demo.sql) before serving
+    #[arg(long, env = "STREAMPULSE_DEMO")]
+    demo: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SqlArgs {
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+    /// SQL to run (several statements separated by ;)
+    #[arg(short = 'e', long = "execute", conflicts_with = "file", required_unless_present = "file")]
+    execute: Option<String>,
+    /// File of SQL statements to run
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Run against a server instead of embedded, e.g. grpc://127.0.0.1:50051
+    #[arg(long, env = "STREAMPULSE_CONNECT")]
+    connect: Option<String>,
+    /// User for --connect
+    #[arg(long, env = "STREAMPULSE_USER", default_value = "admin")]
+    user: String,
+    /// Password for --connect
+    #[arg(long, env = "STREAMPULSE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct UserArgs {
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+    #[command(subcommand)]
+    action: UserAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// Create a user or change its password and role.
+    Add {
+        /// User name
+        name: String,
+        /// admin (everything) or reader (queries and metadata only)
+        #[arg(long, default_value = "reader")]
+        role: String,
+        /// Password
+        #[arg(long, env = "STREAMPULSE_NEW_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// List users and roles.
+    List,
+    /// Remove a user.
+    Remove {
+        /// User name
+        name: String,
+    },
+}
+
+/// Parse the command line and run it.
+pub async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Sql(args) => sql(args).await,
+        Command::User(args) => user(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STREAMPULSE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,datafusion=warn,deltalake=warn,h2=warn,tower=warn,hyper=warn"));
+    let json = std::env::var("STREAMPULSE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn open_engine(args: &WarehouseArgs) -> Result<(Engine, FileConfig), String> {
+    let file = args.file()?;
+    let config = args.engine_config(&file)?;
+    let engine = Engine::open(config).await.map_err(|e| e.to_string())?;
+    Ok((engine, file))
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let (engine, file) = open_engine(&args.warehouse).await?;
+    let admin_user = args.admin_user.or(file.admin_user.clone()).unwrap_or_else(|| "admin".into());
+    if let Some(generated) = auth::bootstrap_admin(engine.catalog(), &admin_user, args.admin_password)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        println!(
+            "Created user '{admin_user}' with generated password: {generated}\n\
+             (shown only now; set STREAMPULSE_ADMIN_PASSWORD on first start to choose it)"
+        );
+    }
+    if args.demo {
+        run_script(&engine, DEMO_SQL, false).await?;
+        info!("demo schema loaded");
+    }
+    let ttl = config::parse_duration(&args.token_ttl.or(file.token_ttl.clone()).unwrap_or_else(|| config::DEFAULT_TOKEN_TTL.into()))?;
+    let listen = args.listen.or(file.listen.clone()).unwrap_or_else(|| config::DEFAULT_LISTEN.into());
+    let addr: SocketAddr = tokio::net::lookup_host(&listen)
+        .await
+        .map_err(|e| format!("cannot resolve listen address {listen}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("listen address {listen} resolves to nothing"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+
+    let auth = Arc::new(Authenticator::new(ttl));
+    let flight_sql = Arc::new(StreamPulseFlightSql::new(engine.clone(), auth).map_err(|e| e.message().to_string())?);
+    let service = FlightServiceServer::new(Service::new(flight_sql))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    info!(address = %bound, warehouse = %engine.catalog().warehouse().root(), memory_limit = engine.memory_limit(), "Flight SQL server listening");
+    println!("StreamPulse Flight SQL listening on grpc://{bound}");
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))?;
+    info!("server stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    info!("shutting down");
+}
+
+/// The demo schema loaded by `serve --demo`.
+const DEMO_SQL: &str = include_str!("../../sql/demo.sql");
+
+async fn sql(args: SqlArgs) -> Result<(), String> {
+    let script = match (&args.execute, &args.file) {
+        (Some(sql), _) => sql.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        (None, None) => return Err("give SQL with -e or a file with -f".into()),
+    };
+    match &args.connect {
+        Some(url) => {
+            let password = args.password.clone().ok_or("--connect needs --password or STREAMPULSE_PASSWORD")?;
+            run_remote(url, &args.user, &password, &script).await
+        }
+        None => {
+            let (engine, _) = open_engine(&args.warehouse).await?;
+            run_script(&engine, &script, true).await
+        }
+    }
+}
+
+/// Run every statement of a script in one session, printing results when `print` is set.
+/// Stops at the first failing statement and says which one it was.
+pub async fn run_script(engine: &Engine, script: &str, print: bool) -> Result<(), String> {
+    let ctx = engine.session();
+    let statements = engine.parse(script).map_err(|e| e.to_string())?;
+    for (i, statement) in statements.into_iter().enumerate() {
+        let text = statement.to_string();
+        let fail = |e: String| format!("statement {} failed: {e}\n  in: {}", i + 1, abbreviate(&text));
+        let planned = engine.plan(&ctx, statement).await.map_err(|e| fail(e.to_string()))?;
+        match planned {
+            Planned::Query(plan) => {
+                let physical = engine.physical_plan(&ctx, plan).await.map_err(|e| fail(e.to_string()))?;
+                let stream = engine.execute(&ctx, physical).map_err(|e| fail(e.to_string()))?;
+                let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| fail(e.to_string()))?;
+                if print {
+                    print_batches(&batches)?;
+                }
+            }
+            other => {
+                let count = engine.run_command(&ctx, other).await.map_err(|e| fail(e.to_string()))?;
+                if print {
+                    match count {
+                        Some(n) => println!("{n} row(s) affected"),
+                        None => println!("OK"),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn abbreviate(sql: &str) -> String {
+    let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 200 { format!("{}...", one_line.chars().take(200).collect::<String>()) } else { one_line }
+}
+
+fn print_batches(batches: &[RecordBatch]) -> Result<(), String> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if batches.first().is_some_and(|b| b.num_columns() == 0) {
+        println!("OK");
+        return Ok(());
+    }
+    println!("{}", pretty_format_batches(batches).map_err(|e| e.to_string())?);
+    println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+    Ok(())
+}
+
+async fn run_remote(url: &str, user: &str, password: &str, script: &str) -> Result<(), String> {
+    let endpoint = url.replacen("grpc://", "http://", 1).replacen("grpc+tcp://", "http://", 1);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        .map_err(|e| format!("bad server address {url}: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.handshake(user, password).await.map_err(|e| format!("login failed: {e}"))?;
+    // Split locally with the same parser the server uses, then send statement by statement.
+    let statements = datafusion::sql::parser::DFParser::parse_sql(script).map_err(|e| e.to_string())?;
+    for (i, statement) in statements.into_iter().enumerate() {
+        let text = statement.to_string();
+        let fail = |e: String| format!("statement {} failed: {e}\n  in: {}", i + 1, abbreviate(&text));
+        let info = client.execute(text.clone(), None).await.map_err(|e| fail(e.to_string()))?;
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let Some(ticket) = endpoint.ticket else { continue };
+            let stream = client.do_get(ticket).await.map_err(|e| fail(e.to_string()))?;
+            let mut part: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| fail(e.to_string()))?;
+            batches.append(&mut part);
+        }
+        print_batches(&batches)?;
+    }
+    Ok(())
+}
+
+async fn user(args: UserArgs) -> Result<(), String> {
+    let (engine, _) = open_engine(&args.warehouse).await?;
+    let store = engine.catalog();
+    match args.action {
+        UserAction::Add { name, role, password } => {
+            let role = Role::parse(&role)?;
+            if password.len() < 8 {
+                return Err("password must have at least 8 characters".into());
+            }
+            auth::put_user(store, &name, &password, role).await.map_err(|e| e.to_string())?;
+            println!("user '{name}' saved with role {}", role.as_str());
+        }
+        UserAction::List => {
+            for (name, entry) in &store.refresh().await.map_err(|e| e.to_string())?.users {
+                println!("{name}\t{}", entry.role);
+            }
+        }
+        UserAction::Remove { name } => {
+            store
+                .commit(|s| {
+                    s.users.remove(&name).map(|_| ()).ok_or_else(|| streampulse_catalog::CatalogError::NotFound {
+                        kind: "user",
+                        name: name.clone(),
+                    })
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("user '{name}' removed");
+        }
+    }
+    Ok(())
+}
