@@ -25,12 +25,14 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateExternalTable, CreateMemoryTable, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, cast};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{DataType as SqlDataType, HiveDistributionStyle, Statement as SqlStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::protocol::SaveMode;
@@ -194,6 +196,12 @@ impl Engine {
         let base = ctx.state();
         // The catalog re-plans views and external tables with the same functions and stores.
         let _ = shared.planner.set(base.clone());
+        // External tables are re-planned without any catalog: planning CREATE EXTERNAL TABLE
+        // looks its own name up, which would recurse into the very table being opened.
+        let detached = SessionStateBuilder::new_from_existing(base.clone())
+            .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+            .build();
+        let _ = shared.detached.set(detached);
         info!(warehouse = %warehouse.root(), memory_limit = config.memory_limit, "engine ready");
         Ok(Self { store, base, memory_limit: config.memory_limit })
     }
@@ -218,16 +226,28 @@ impl Engine {
         self.store.refresh().await
     }
 
-    /// Split a script into statements.
-    pub fn parse(&self, sql: &str) -> Result<Vec<DFStatement>> {
-        let mut parser = DFParserBuilder::new(sql).with_dialect(&GenericDialect {}).build()?;
-        Ok(parser.parse_statements()?.into_iter().collect())
+    /// Split a script into statements, each with its own source text (stored verbatim for
+    /// external tables and views, and shown in errors).
+    pub fn parse(&self, sql: &str) -> Result<Vec<(String, DFStatement)>> {
+        let mut out = Vec::new();
+        for text in split_statements(sql)? {
+            let mut parser = DFParserBuilder::new(text.as_str()).with_dialect(&GenericDialect {}).build()?;
+            let mut statements = parser.parse_statements()?;
+            match (statements.pop_front(), statements.is_empty()) {
+                (None, _) => continue,
+                (Some(statement), true) => out.push((text, statement)),
+                (Some(_), false) => {
+                    return Err(CatalogError::Unsupported(format!("cannot split statements in: {text}")));
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// Plan one statement in `ctx`.
-    pub async fn plan(&self, ctx: &SessionContext, statement: DFStatement) -> Result<Planned> {
+    /// Plan one statement in `ctx`; `sql` is its source text.
+    pub async fn plan(&self, ctx: &SessionContext, sql: &str, statement: DFStatement) -> Result<Planned> {
         self.store.refresh().await?;
-        let sql = statement.to_string();
+        let sql = sql.to_string();
         let (statement, partition_columns) = take_partition_columns(statement)?;
         reject_runtime_settings(&statement)?;
         let plan = ctx.state().statement_to_plan(statement).await?;
@@ -248,8 +268,8 @@ impl Engine {
                 statements.len()
             )));
         }
-        let statement = statements.remove(0);
-        self.plan(ctx, statement).await
+        let (text, statement) = statements.remove(0);
+        self.plan(ctx, &text, statement).await
     }
 
     /// The physical plan of a query, DML or session statement.
@@ -359,7 +379,8 @@ impl Engine {
                     return Err(CatalogError::Unsupported("temporary views are not supported".into()));
                 }
                 let (schema, table) = self.resolve(ctx, &v.name)?;
-                let entry = TableEntry::View { sql: v.definition.clone().unwrap_or(sql) };
+                self.check_view_cycle(ctx, &schema, &table, &sql)?;
+                let entry = TableEntry::View { sql };
                 self.put_entry(&schema, &table, entry, false, v.or_replace, "view").await?;
                 info!(schema = %schema, view = %table, "view created");
             }
@@ -383,6 +404,36 @@ impl Engine {
             None => ctx.state().config_options().catalog.default_schema.clone(),
         };
         Ok((schema, name.table().to_string()))
+    }
+
+    /// Refuse a view that reads from itself, directly or through other views: loading it
+    /// would never end. Follows the stored definitions of every view it references.
+    fn check_view_cycle(&self, ctx: &SessionContext, schema: &str, table: &str, sql: &str) -> Result<()> {
+        let state = ctx.state();
+        let default_schema = state.config_options().catalog.default_schema.clone();
+        let snapshot = self.store.snapshot();
+        let mut pending = vec![sql.to_string()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(text) = pending.pop() {
+            for r in view_query_references(&state, &text)? {
+                if r.catalog().is_some_and(|c| c != CATALOG_NAME) {
+                    continue;
+                }
+                let s = r.schema().unwrap_or(&default_schema).to_string();
+                let t = r.table().to_string();
+                if s == schema && t == table {
+                    return Err(CatalogError::Unsupported(format!(
+                        "view {schema}.{table} would read from itself (directly or through other views)"
+                    )));
+                }
+                if seen.insert((s.clone(), t.clone())) {
+                    if let Some(TableEntry::View { sql }) = snapshot.table(&s, &t) {
+                        pending.push(sql.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn put_entry(
@@ -501,12 +552,11 @@ impl Engine {
             match source {
                 Source::Empty(_) => {}
                 Source::Plan(plan, state) => {
-                    delta
-                        .write(Vec::new())
-                        .with_input_plan(plan)
-                        .with_session_state(Arc::new(state))
-                        .with_save_mode(SaveMode::Append)
-                        .await?;
+                    // The same path as INSERT: Delta's sink commits once, at the end.
+                    let provider = delta.table_provider().await?;
+                    let input = state.create_physical_plan(&plan).await?;
+                    let sink = provider.insert_into(&state, input, InsertOp::Append).await?;
+                    count_rows(datafusion::physical_plan::execute_stream(sink, state.task_ctx())?).await?;
                 }
                 Source::Batches(_, batches) => {
                     let batches = cast_batches(&arrow_schema, batches)?;
@@ -658,6 +708,23 @@ pub(crate) async fn external_table_provider(
         ))
     })?;
     Ok(factory.create(state, cmd).await?)
+}
+
+/// Tables read by the query of a `CREATE VIEW` statement.
+fn view_query_references(state: &SessionState, sql: &str) -> Result<Vec<TableReference>> {
+    let mut parser = DFParserBuilder::new(sql).with_dialect(&GenericDialect {}).build()?;
+    let statement = parser
+        .parse_statements()?
+        .pop_front()
+        .ok_or_else(|| CatalogError::Unsupported(format!("empty view definition: {sql}")))?;
+    let query = match statement {
+        DFStatement::Statement(s) => match *s {
+            SqlStatement::CreateView(cv) => cv.query,
+            other => return Err(CatalogError::Unsupported(format!("not a CREATE VIEW statement: {other}"))),
+        },
+        other => return Err(CatalogError::Unsupported(format!("not a CREATE VIEW statement: {other}"))),
+    };
+    Ok(state.resolve_table_references(&DFStatement::Statement(Box::new(SqlStatement::Query(query))))?)
 }
 
 /// Sum the `count` column of a DML answer.
@@ -854,4 +921,66 @@ fn cast_batches(target: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<Rec
             RecordBatch::try_new(relaxed, columns).map_err(|e| CatalogError::Unsupported(e.to_string()))
         })
         .collect()
+}
+
+/// Split SQL text at top-level semicolons using the SQL tokenizer (so `;` inside strings,
+/// identifiers and comments does not split), returning each statement's text.
+pub fn split_statements(sql: &str) -> Result<Vec<String>> {
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| CatalogError::DataFusion(datafusion::error::DataFusionError::Plan(format!("SQL syntax: {e}"))))?;
+    // Byte offset of each line start, to turn (line, column) into a byte offset.
+    let mut line_starts = vec![0usize];
+    for (i, c) in sql.char_indices() {
+        if c == '\n' {
+            line_starts.push(i + 1);
+        }
+    }
+    let offset = |loc: Location| -> usize {
+        let line_start = line_starts.get(loc.line.saturating_sub(1) as usize).copied().unwrap_or(sql.len());
+        sql[line_start..]
+            .char_indices()
+            .nth(loc.column.saturating_sub(1) as usize)
+            .map(|(i, _)| line_start + i)
+            .unwrap_or(sql.len())
+    };
+    let mut parts = Vec::new();
+    let mut start = 0usize;
+    let mut has_content = false;
+    for t in tokens {
+        match t.token {
+            Token::SemiColon => {
+                let end = offset(t.span.start);
+                if has_content {
+                    parts.push(sql[start..end].trim().to_string());
+                }
+                start = end + 1;
+                has_content = false;
+            }
+            Token::Whitespace(_) => {}
+            _ => has_content = true,
+        }
+    }
+    if has_content {
+        parts.push(sql[start..].trim().to_string());
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_top_level_semicolons_only() {
+        let sql = "SELECT ';' AS a; -- note; here\nCREATE VIEW \"x;y\" AS SELECT 1;\n\n  ;  SELECT 2";
+        let parts = split_statements(sql).unwrap();
+        assert_eq!(parts, vec!["SELECT ';' AS a", "-- note; here\nCREATE VIEW \"x;y\" AS SELECT 1", "SELECT 2"]);
+    }
+
+    #[test]
+    fn unicode_before_semicolon_keeps_offsets_right() {
+        let parts = split_statements("SELECT 'héllo ☃'; SELECT 'ü'").unwrap();
+        assert_eq!(parts, vec!["SELECT 'héllo ☃'", "SELECT 'ü'"]);
+    }
 }

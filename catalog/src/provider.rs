@@ -27,12 +27,14 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<CatalogStore>,
     /// A session used to re-plan views and external tables; set once the engine is built.
     pub(crate) planner: OnceLock<SessionState>,
+    /// The same session without catalogs, for re-planning external table definitions.
+    pub(crate) detached: OnceLock<SessionState>,
     cache: Mutex<HashMap<(String, String), (u64, Arc<dyn TableProvider>)>>,
 }
 
 impl Shared {
     pub(crate) fn new(store: Arc<CatalogStore>) -> Arc<Self> {
-        Arc::new(Self { store, planner: OnceLock::new(), cache: Mutex::new(HashMap::new()) })
+        Arc::new(Self { store, planner: OnceLock::new(), detached: OnceLock::new(), cache: Mutex::new(HashMap::new()) })
     }
 
     fn planner(&self) -> DfResult<&SessionState> {
@@ -63,7 +65,10 @@ impl Shared {
                 delta.table_provider().await?
             }
             TableEntry::External { sql, .. } => {
-                let state = self.planner()?;
+                let state = self
+                    .detached
+                    .get()
+                    .ok_or_else(|| DataFusionError::Internal("catalog planner used before the engine was built".into()))?;
                 match plan_one(state, sql).await? {
                     LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
                         crate::engine::external_table_provider(state, &cmd).await?

@@ -136,7 +136,7 @@ pub async fn run() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("STREAMPULSE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,datafusion=warn,deltalake=warn,h2=warn,tower=warn,hyper=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,datafusion=warn,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn,delta_kernel=warn,h2=warn,tower=warn,hyper=warn"));
     let json = std::env::var("STREAMPULSE_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
@@ -246,10 +246,9 @@ async fn sql(args: SqlArgs) -> Result<(), String> {
 pub async fn run_script(engine: &Engine, script: &str, print: bool) -> Result<(), String> {
     let ctx = engine.session();
     let statements = engine.parse(script).map_err(|e| e.to_string())?;
-    for (i, statement) in statements.into_iter().enumerate() {
-        let text = statement.to_string();
+    for (i, (text, statement)) in statements.into_iter().enumerate() {
         let fail = |e: String| format!("statement {} failed: {e}\n  in: {}", i + 1, abbreviate(&text));
-        let planned = engine.plan(&ctx, statement).await.map_err(|e| fail(e.to_string()))?;
+        let planned = engine.plan(&ctx, &text, statement).await.map_err(|e| fail(e.to_string()))?;
         match planned {
             Planned::Query(plan) => {
                 let physical = engine.physical_plan(&ctx, plan).await.map_err(|e| fail(e.to_string()))?;
@@ -299,9 +298,8 @@ async fn run_remote(url: &str, user: &str, password: &str, script: &str) -> Resu
     let mut client = FlightSqlServiceClient::new(channel);
     client.handshake(user, password).await.map_err(|e| format!("login failed: {e}"))?;
     // Split locally with the same parser the server uses, then send statement by statement.
-    let statements = datafusion::sql::parser::DFParser::parse_sql(script).map_err(|e| e.to_string())?;
-    for (i, statement) in statements.into_iter().enumerate() {
-        let text = statement.to_string();
+    let statements = streampulse_catalog::engine::split_statements(script).map_err(|e| e.to_string())?;
+    for (i, text) in statements.into_iter().enumerate() {
         let fail = |e: String| format!("statement {} failed: {e}\n  in: {}", i + 1, abbreviate(&text));
         let info = client.execute(text.clone(), None).await.map_err(|e| fail(e.to_string()))?;
         let mut batches = Vec::new();
