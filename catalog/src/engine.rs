@@ -26,6 +26,8 @@ use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsume
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{DmlStatement, WriteOp};
+use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{CreateExternalTable, CreateMemoryTable, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, cast};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -552,11 +554,17 @@ impl Engine {
             match source {
                 Source::Empty(_) => {}
                 Source::Plan(plan, state) => {
-                    // The same path as INSERT: Delta's sink commits once, at the end.
+                    // Planned as a whole INSERT, exactly like `INSERT INTO`, so the optimizer
+                    // gathers every input partition into Delta's sink (which commits once).
                     let provider = delta.table_provider().await?;
-                    let input = state.create_physical_plan(&plan).await?;
-                    let sink = provider.insert_into(&state, input, InsertOp::Append).await?;
-                    count_rows(datafusion::physical_plan::execute_stream(sink, state.task_ctx())?).await?;
+                    let dml = DmlStatement::new(
+                        TableReference::partial(schema, table),
+                        provider_as_source(provider),
+                        WriteOp::Insert(InsertOp::Append),
+                        Arc::new(plan),
+                    );
+                    let physical = state.create_physical_plan(&LogicalPlan::Dml(dml)).await?;
+                    count_rows(datafusion::physical_plan::execute_stream(physical, state.task_ctx())?).await?;
                 }
                 Source::Batches(_, batches) => {
                     let batches = cast_batches(&arrow_schema, batches)?;

@@ -279,7 +279,7 @@ fn abbreviate(sql: &str) -> String {
 
 fn print_batches(batches: &[RecordBatch]) -> Result<(), String> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    if batches.first().is_some_and(|b| b.num_columns() == 0) {
+    if batches.first().is_none_or(|b| b.num_columns() == 0) {
         println!("OK");
         return Ok(());
     }

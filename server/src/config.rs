@@ -24,34 +24,34 @@ pub const DEFAULT_TOKEN_TTL: &str = "12h";
 #[derive(Debug, Clone, Args, Default)]
 pub struct WarehouseArgs {
     /// Warehouse root: a local folder or s3://bucket/prefix [default: ./warehouse]
-    #[arg(long, env = "STREAMPULSE_WAREHOUSE")]
+    #[arg(long, global = true, env = "STREAMPULSE_WAREHOUSE")]
     pub warehouse: Option<String>,
     /// TOML file with any of these settings (flags and env vars win over it)
-    #[arg(long, env = "STREAMPULSE_CONFIG")]
+    #[arg(long, global = true, env = "STREAMPULSE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Memory pool shared by all queries: bytes, "4GiB", "512MiB" or a share of RAM like "50%" [default: 50%]
-    #[arg(long, env = "STREAMPULSE_MEMORY_LIMIT")]
+    #[arg(long, global = true, env = "STREAMPULSE_MEMORY_LIMIT")]
     pub memory_limit: Option<String>,
     /// Folder for spill files [default: the OS temp folder]
-    #[arg(long, env = "STREAMPULSE_SPILL_DIR")]
+    #[arg(long, global = true, env = "STREAMPULSE_SPILL_DIR")]
     pub spill_dir: Option<PathBuf>,
     /// Partitions (threads) per query [default: number of cores]
-    #[arg(long, env = "STREAMPULSE_TARGET_PARTITIONS")]
+    #[arg(long, global = true, env = "STREAMPULSE_TARGET_PARTITIONS")]
     pub target_partitions: Option<usize>,
     /// S3 endpoint URL for S3-compatible servers (MinIO, moto)
-    #[arg(long, env = "STREAMPULSE_S3_ENDPOINT")]
+    #[arg(long, global = true, env = "STREAMPULSE_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
     /// S3 region
-    #[arg(long, env = "STREAMPULSE_S3_REGION")]
+    #[arg(long, global = true, env = "STREAMPULSE_S3_REGION")]
     pub s3_region: Option<String>,
     /// S3 access key id
-    #[arg(long, env = "STREAMPULSE_S3_ACCESS_KEY_ID")]
+    #[arg(long, global = true, env = "STREAMPULSE_S3_ACCESS_KEY_ID")]
     pub s3_access_key_id: Option<String>,
     /// S3 secret access key
-    #[arg(long, env = "STREAMPULSE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "STREAMPULSE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_access_key: Option<String>,
     /// Allow plain http:// S3 endpoints
-    #[arg(long, env = "STREAMPULSE_S3_ALLOW_HTTP")]
+    #[arg(long, global = true, env = "STREAMPULSE_S3_ALLOW_HTTP")]
     pub s3_allow_http: Option<bool>,
 }
 

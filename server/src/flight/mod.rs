@@ -224,7 +224,7 @@ impl StreamPulseFlightSql {
                     inner: Box::pin(batches),
                     cancelled: Box::pin(token.clone().cancelled_owned()),
                     done: false,
-                    _guard: RunningGuard { id: id.to_string(), running: self.running.clone() },
+                    guard: RunningGuard { id: id.to_string(), running: self.running.clone(), rows: 0, completed: false },
                 };
                 let flight = FlightDataEncoderBuilder::new()
                     .with_schema(schema)
@@ -448,16 +448,24 @@ async fn read_param_rows(stream: PeekableFlightDataStream) -> Result<Option<Vec<
 /// Cancellation tokens of the queries being streamed, by ticket.
 type Running = Arc<Mutex<HashMap<String, CancellationToken>>>;
 
-/// Removes a running query's cancellation token when its stream ends or is dropped.
+/// Removes a running query's cancellation token when its stream ends or is dropped, and
+/// says so when the query was stopped before its end (client gone, cancelled, or failed).
 struct RunningGuard {
     id: String,
     running: Running,
+    rows: u64,
+    completed: bool,
 }
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         if let Ok(mut running) = self.running.lock() {
             running.remove(&self.id);
+        }
+        if self.completed {
+            info!(ticket = %self.id, rows = self.rows, "query finished");
+        } else {
+            info!(ticket = %self.id, rows = self.rows, "query stopped before its end");
         }
     }
 }
@@ -467,7 +475,7 @@ struct Cancellable<S> {
     inner: Pin<Box<S>>,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
-    _guard: RunningGuard,
+    guard: RunningGuard,
 }
 
 impl<S> Stream for Cancellable<S>
@@ -484,7 +492,18 @@ where
             self.done = true;
             return Poll::Ready(Some(Err(FlightError::Tonic(Box::new(Status::cancelled("query was cancelled"))))));
         }
-        self.inner.as_mut().poll_next(cx)
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                self.guard.rows += batch.num_rows() as u64;
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                self.guard.completed = true;
+                Poll::Ready(None)
+            }
+            other => other,
+        }
     }
 }
 

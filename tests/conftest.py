@@ -1,0 +1,128 @@
+"""End-to-end test harness: starts the real `streampulse` binary and talks to it as clients do.
+
+The binary is taken from $STREAMPULSE_BIN, else from the cargo target folder
+($CARGO_TARGET_DIR, ~/.cache/streampulse-target, or ./target). `.ci/run` builds it first.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_PASSWORD = "admin-pass-123"
+
+
+def binary() -> str:
+    if os.environ.get("STREAMPULSE_BIN"):
+        return os.environ["STREAMPULSE_BIN"]
+    candidates = []
+    if os.environ.get("CARGO_TARGET_DIR"):
+        candidates.append(Path(os.environ["CARGO_TARGET_DIR"]))
+    candidates += [Path.home() / ".cache" / "streampulse-target", ROOT / "target"]
+    for base in candidates:
+        for profile in ("debug", "release"):
+            p = base / profile / "streampulse"
+            if p.exists():
+                return str(p)
+    raise RuntimeError("streampulse binary not found: run `cargo build -p streampulse-server` or set STREAMPULSE_BIN")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running `streampulse serve` process."""
+
+    def __init__(self, warehouse: str, extra_args=(), env=None, log_path=None):
+        self.warehouse = warehouse
+        self.extra_args = list(extra_args)
+        self.env = dict(os.environ)
+        self.env.update({"STREAMPULSE_ADMIN_PASSWORD": ADMIN_PASSWORD, "STREAMPULSE_LOG": "info"})
+        self.env.update(env or {})
+        self.log_path = log_path
+        self.proc = None
+        self.uri = None
+
+    def start(self, timeout=120):
+        cmd = [binary(), "serve", "--warehouse", self.warehouse, "--listen", "127.0.0.1:0", *self.extra_args]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=self.env)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
+                continue
+            if "listening on grpc://" in line:
+                self.uri = line.strip().split("listening on ")[1]
+                return self
+        raise RuntimeError("server did not start in time")
+
+    def kill(self):
+        """SIGKILL: no chance to flush or clean up, like a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+
+def run_cli(*args, env=None, check=True):
+    e = dict(os.environ)
+    e.update(env or {})
+    e.setdefault("STREAMPULSE_LOG", "warn")
+    r = subprocess.run([binary(), *args], capture_output=True, text=True, env=e, timeout=300)
+    if check and r.returncode != 0:
+        raise AssertionError(f"streampulse {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def adbc_connect(uri, user="admin", password=ADMIN_PASSWORD):
+    import adbc_driver_flightsql.dbapi as flight_sql
+    from adbc_driver_manager import DatabaseOptions
+
+    return flight_sql.connect(
+        uri,
+        db_kwargs={DatabaseOptions.USERNAME.value: user, DatabaseOptions.PASSWORD.value: password},
+        autocommit=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    wh = tmp_path_factory.mktemp("warehouse")
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    s = Server(str(wh), log_path=str(log)).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def conn(server):
+    c = adbc_connect(server.uri)
+    yield c
+    c.close()
