@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README's test command: Rust unit and sqllogictest tests, then
+# end-to-end tests that start the real `streampulse` binary and drive it with the ADBC Flight
+# SQL driver, pyarrow.flight, and a local S3-compatible server (moto).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/streampulse-target}"
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust (https://rustup.rs)" >&2
+  exit 1
+fi
+
+echo "== Python test clients"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+echo "== build"
+cargo build --workspace --locked
+
+echo "== Rust tests (unit + sqllogictest)"
+cargo test --workspace --locked
+
+echo "== end-to-end tests (real server, real clients)"
+export STREAMPULSE_BIN="$CARGO_TARGET_DIR/debug/streampulse"
+python3 -m pytest -q tests "$@"
