@@ -14,10 +14,9 @@ fi
 echo "== Python test clients"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
-echo "== build"
-cargo build --workspace --locked
-
-echo "== Rust tests (unit + sqllogictest)"
+# One build: `cargo test` also builds the `streampulse` binary (the Rust end-to-end test runs
+# it), with the same features, so the Python tests use that binary rather than a second build.
+echo "== build and Rust tests (unit, sqllogictest, Flight SQL client)"
 cargo test --workspace --locked
 
 echo "== end-to-end tests (real server, real clients)"

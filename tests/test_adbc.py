@@ -142,6 +142,16 @@ def test_reader_may_query_but_not_write(server, conn):
         rc.execute("INSERT INTO shared.t VALUES (2)")
     assert _status(e) == AdbcStatusCode.UNAUTHORIZED, e.value
     assert "PERMISSION_DENIED" in str(e.value) or "may not" in str(e.value)
+    # EXPLAIN ANALYZE executes what it explains: still a write.
+    with pytest.raises(Error) as e:
+        rc.execute("EXPLAIN ANALYZE INSERT INTO shared.t VALUES (3)")
+    assert _status(e) == AdbcStatusCode.UNAUTHORIZED
+    with pytest.raises(Error) as e:
+        rc.execute("COPY (SELECT 1) TO '/tmp/streampulse-should-not-exist.csv'")
+    assert _status(e) == AdbcStatusCode.UNAUTHORIZED
+    # No reading arbitrary files through SQL.
+    with pytest.raises(Error):
+        rc.execute("SELECT * FROM '/etc/passwd'")
     with pytest.raises(Error) as e:
         rc.execute("DROP TABLE shared.t")
     assert _status(e) == AdbcStatusCode.UNAUTHORIZED
@@ -168,6 +178,11 @@ def test_large_result_streams_and_cancel_mid_stream(server, conn):
         for batch in reader:
             got += batch.num_rows
     assert got < 20_000_000
+    # The server saw the stream end early (and dropped the query with it).
+    deadline = time.time() + 10
+    while "query stopped before its end" not in open(server.log_path).read():
+        assert time.time() < deadline, "server did not stop the cancelled query"
+        time.sleep(0.2)
     # The server keeps serving after the cancelled stream.
     cur2 = conn.cursor()
     cur2.execute("SELECT 42")

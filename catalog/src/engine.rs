@@ -18,6 +18,7 @@ use arrow::array::{Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, SchemaReference, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
@@ -123,6 +124,26 @@ impl Planned {
             Planned::Dml(_) => StatementKind::Dml,
             Planned::Ddl(_) => StatementKind::Ddl,
             Planned::Session(_) => StatementKind::Session,
+        }
+    }
+
+    /// Whether running it can change data or the catalog. True for DDL and DML, and for a
+    /// query that wraps a write (`EXPLAIN ANALYZE INSERT ...` executes the insert).
+    pub fn writes(&self) -> bool {
+        match self {
+            Planned::Ddl(_) | Planned::Dml(_) => true,
+            Planned::Session(_) => false,
+            Planned::Query(plan) => {
+                let mut writes = false;
+                let _ = plan.apply_with_subqueries(|p| {
+                    if matches!(p, LogicalPlan::Dml(_) | LogicalPlan::Copy(_) | LogicalPlan::Ddl(_)) {
+                        writes = true;
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                });
+                writes
+            }
         }
     }
 

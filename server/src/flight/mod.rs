@@ -145,7 +145,7 @@ impl StreamPulseFlightSql {
     ) -> Result<FlightInfo, Status> {
         let ctx = self.engine.session();
         let planned = self.engine.plan_sql(&ctx, sql).await.map_err(catalog_status)?;
-        authorize(principal, planned.kind())?;
+        authorize(principal, &planned)?;
         match planned {
             Planned::Query(plan) => {
                 let plan = bind_single(plan, params)?;
@@ -344,12 +344,13 @@ impl StreamPulseFlightSql {
     }
 }
 
-/// Readers may run queries and session statements only.
-fn authorize(principal: &Principal, kind: StatementKind) -> Result<(), Status> {
-    match kind {
-        StatementKind::Query | StatementKind::Session => Ok(()),
-        StatementKind::Dml => principal.require_admin("change data (INSERT, COPY)"),
+/// Readers may run queries and session statements only; anything that writes, even wrapped in
+/// `EXPLAIN ANALYZE`, needs an admin.
+fn authorize(principal: &Principal, planned: &Planned) -> Result<(), Status> {
+    match planned.kind() {
         StatementKind::Ddl => principal.require_admin("change the catalog (CREATE, DROP)"),
+        _ if planned.writes() => principal.require_admin("change data (INSERT, COPY)"),
+        _ => Ok(()),
     }
 }
 
@@ -425,7 +426,11 @@ fn bind_many_dml(plan: LogicalPlan, rows: Vec<Vec<ScalarValue>>) -> Result<Logic
 
 /// Decode parameter batches into rows of scalars.
 async fn read_param_rows(stream: PeekableFlightDataStream) -> Result<Option<Vec<Vec<ScalarValue>>>, Status> {
-    let flight = stream.map_err(FlightError::from);
+    // A descriptor-only message (empty IPC header) carries no parameters: some clients send
+    // exactly that to execute with the parameters bound earlier.
+    let flight = stream
+        .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
+        .map_err(FlightError::from);
     let mut batches = FlightRecordBatchStream::new_from_flight_data(flight);
     let mut rows = Vec::new();
     let mut saw_batch = false;
@@ -839,7 +844,7 @@ impl FlightSqlService for StreamPulseFlightSql {
         if planned.kind() == StatementKind::Query {
             return Err(Status::invalid_argument("this statement returns rows: execute it as a query"));
         }
-        authorize(&principal, planned.kind())?;
+        authorize(&principal, &planned)?;
         let count = self.run_command(&ctx, planned, None).await?;
         info!(user = %principal.user, sql = %cmd.query, rows = count.unwrap_or(0), "update executed");
         Ok(count.map(|c| c as i64).unwrap_or(0))
@@ -921,9 +926,9 @@ impl FlightSqlService for StreamPulseFlightSql {
         if kind == StatementKind::Query {
             return Err(Status::invalid_argument("this statement returns rows: execute it as a query"));
         }
-        authorize(&principal, kind)?;
         let ctx = self.engine.session();
         let planned = self.engine.plan_sql(&ctx, &sql).await.map_err(catalog_status)?;
+        authorize(&principal, &planned)?;
         let count = self.run_command(&ctx, planned, sent.or(stored)).await?;
         info!(user = %principal.user, sql = %sql, rows = count.unwrap_or(0), "prepared update executed");
         Ok(count.map(|c| c as i64).unwrap_or(0))
@@ -941,7 +946,7 @@ impl FlightSqlService for StreamPulseFlightSql {
         let ctx = self.engine.session();
         let planned = self.engine.plan_sql(&ctx, &query.query).await.map_err(catalog_status)?;
         let kind = planned.kind();
-        authorize(&principal, kind)?;
+        authorize(&principal, &planned)?;
         let (dataset_schema, parameter_schema) = match &planned {
             Planned::Query(plan) => {
                 let params = parameter_schema(plan)?;
