@@ -58,8 +58,10 @@ class Server:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=self.env)
         deadline = time.time() + timeout
+        self.banner = []
         while time.time() < deadline:
             line = self.proc.stdout.readline().decode()
+            self.banner.append(line)
             if not line:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")

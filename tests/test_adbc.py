@@ -27,6 +27,11 @@ def test_ddl_insert_parameters_and_executemany(conn):
     assert cur.fetchall() == [("artist 57",)]
     cur.execute("SELECT country, count(*) FROM music.artists WHERE artist_id > $1 GROUP BY country ORDER BY country", (1,))
     assert cur.fetchall() == [("DE", 50), ("SE", 50)]
+    cur.executemany("UPDATE music.artists SET country = $1 WHERE artist_id = $2", [("NO", 2), ("NO", 3)])
+    assert cur.rowcount == 2
+    cur.execute("DELETE FROM music.artists WHERE country = $1", ("DE",))
+    cur.execute("SELECT country, count(*) FROM music.artists GROUP BY country ORDER BY country")
+    assert cur.fetchall() == [("FR", 1), ("NO", 2), ("SE", 49)]
     cur.close()
 
 

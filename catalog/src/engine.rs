@@ -18,7 +18,7 @@ use arrow::array::{Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, SchemaReference, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
@@ -308,6 +308,11 @@ impl Engine {
 
     /// Run a DML plan to the end and return the number of rows it changed.
     pub async fn run_dml(&self, ctx: &SessionContext, plan: LogicalPlan) -> Result<u64> {
+        if let LogicalPlan::Dml(dml) = &plan {
+            if matches!(dml.op, WriteOp::Delete | WriteOp::Update) {
+                return self.delete_or_update(ctx, dml).await;
+            }
+        }
         let physical = self.physical_plan(ctx, plan).await?;
         let stream = self.execute(ctx, physical)?;
         count_rows(stream).await
@@ -331,6 +336,47 @@ impl Engine {
                 Ok(None)
             }
         }
+    }
+
+    /// `DELETE` and `UPDATE` on a managed table, as one Delta commit each (deltalake rewrites
+    /// only the files holding matching rows). Predicates and new values may use the table's own
+    /// columns and any expression; subqueries are refused with a clear message.
+    async fn delete_or_update(&self, ctx: &SessionContext, dml: &DmlStatement) -> Result<u64> {
+        let (schema, table) = self.resolve(ctx, &dml.table_name)?;
+        let verb = if dml.op == WriteOp::Delete { "DELETE" } else { "UPDATE" };
+        let location = match self.store.refresh().await?.table(&schema, &table) {
+            Some(TableEntry::Managed { location, .. }) => location.clone(),
+            Some(_) => {
+                return Err(CatalogError::Unsupported(format!(
+                    "{verb} works on managed tables; {schema}.{table} is an external table or a view"
+                )));
+            }
+            None => return Err(CatalogError::NotFound { kind: "table", name: format!("{schema}.{table}") }),
+        };
+        let (assignments, predicate) = decompose_dml_input(&dml.input, verb)?;
+        let warehouse = self.store.warehouse();
+        let delta =
+            deltalake::open_table_with_storage_options(warehouse.url(&location)?, warehouse.storage_options()).await?;
+        let rows = if dml.op == WriteOp::Delete {
+            let mut builder = delta.delete();
+            if let Some(p) = predicate {
+                builder = builder.with_predicate(unqualify(p)?);
+            }
+            let (_, metrics) = builder.await?;
+            metrics.num_deleted_rows.unwrap_or(0) as u64
+        } else {
+            let mut builder = delta.update();
+            for (column, value) in assignments {
+                builder = builder.with_update(column.as_str(), unqualify(value)?);
+            }
+            if let Some(p) = predicate {
+                builder = builder.with_predicate(unqualify(p)?);
+            }
+            let (_, metrics) = builder.await?;
+            metrics.num_updated_rows as u64
+        };
+        info!(schema = %schema, table = %table, rows, op = verb, "rows changed");
+        Ok(rows)
     }
 
     /// Carry out a DDL statement against the persistent catalog.
@@ -737,6 +783,56 @@ pub(crate) async fn external_table_provider(
         ))
     })?;
     Ok(factory.create(state, cmd).await?)
+}
+
+/// Split the input DataFusion plans for `DELETE`/`UPDATE` into `(column, new value)` pairs
+/// and the row predicate. The input is `[Projection] [Filter] TableScan`.
+fn decompose_dml_input(plan: &LogicalPlan, verb: &str) -> Result<(Vec<(String, Expr)>, Option<Expr>)> {
+    let mut node = plan;
+    let mut assignments = Vec::new();
+    if let LogicalPlan::Projection(p) = node {
+        for (expr, field) in p.expr.iter().zip(p.schema.fields()) {
+            let value = match expr {
+                Expr::Alias(a) => a.expr.as_ref(),
+                other => other,
+            };
+            let unchanged = matches!(value, Expr::Column(c) if c.name == *field.name());
+            if !unchanged {
+                assignments.push((field.name().clone(), value.clone()));
+            }
+        }
+        node = p.input.as_ref();
+    }
+    let mut predicate = None;
+    if let LogicalPlan::Filter(f) = node {
+        predicate = Some(f.predicate.clone());
+        node = f.input.as_ref();
+    }
+    let mut has_subquery = false;
+    for e in assignments.iter().map(|(_, e)| e).chain(predicate.iter()) {
+        e.apply(|x| {
+            if matches!(x, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)) {
+                has_subquery = true;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+    }
+    if has_subquery || !matches!(node, LogicalPlan::TableScan(_)) {
+        return Err(CatalogError::Unsupported(format!(
+            "{verb} supports conditions and values over the table's own columns, without subqueries or joins"
+        )));
+    }
+    Ok((assignments, predicate))
+}
+
+/// Column references without the table qualifier, as deltalake resolves them.
+fn unqualify(expr: Expr) -> Result<Expr> {
+    Ok(expr
+        .transform(|e| match e {
+            Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
+            other => Ok(Transformed::no(other)),
+        })?
+        .data)
 }
 
 /// Tables read by the query of a `CREATE VIEW` statement.

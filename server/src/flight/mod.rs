@@ -48,7 +48,7 @@ use bytes::Bytes;
 use datafusion::common::ScalarValue;
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::{ParamValues, TableReference};
-use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder, WriteOp};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -182,8 +182,17 @@ impl StreamPulseFlightSql {
     ) -> Result<Option<u64>, Status> {
         match (planned, params) {
             (Planned::Dml(plan), Some(rows)) if !rows.is_empty() => {
-                let plan = bind_many_dml(plan, rows)?;
-                self.engine.run_dml(ctx, plan).await.map(Some).map_err(catalog_status)
+                if matches!(&plan, LogicalPlan::Dml(d) if matches!(d.op, WriteOp::Insert(_))) {
+                    let plan = bind_many_dml(plan, rows)?;
+                    return self.engine.run_dml(ctx, plan).await.map(Some).map_err(catalog_status);
+                }
+                // UPDATE/DELETE: one statement per parameter row.
+                let mut total = 0;
+                for row in rows {
+                    let bound = plan.clone().with_param_values(param_values(row)).map_err(datafusion_status)?;
+                    total += self.engine.run_dml(ctx, bound).await.map_err(catalog_status)?;
+                }
+                Ok(Some(total))
             }
             (planned, _) => self.engine.run_command(ctx, planned).await.map_err(catalog_status),
         }

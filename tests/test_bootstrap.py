@@ -1,0 +1,28 @@
+"""No built-in password: a fresh warehouse gets an admin whose password is generated and printed once."""
+
+import re
+
+from conftest import Server, adbc_connect
+
+
+def test_generated_admin_password_is_printed_once_and_works(tmp_path):
+    wh = str(tmp_path / "wh")
+    s = Server(wh, env={"STREAMPULSE_ADMIN_PASSWORD": ""}, log_path=str(tmp_path / "log")).start()
+    banner = "".join(s.banner)
+    m = re.search(r"Created user 'admin' with generated password: (\S+)", banner)
+    assert m, banner
+    password = m.group(1)
+    assert len(password) >= 20
+    conn = adbc_connect(s.uri, password=password)
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    assert cur.fetchone() == (1,)
+    conn.close()
+    s.stop()
+    # A second start of the same warehouse creates nobody and prints no password.
+    s2 = Server(wh, env={"STREAMPULSE_ADMIN_PASSWORD": "ignored-now"}, log_path=str(tmp_path / "log")).start()
+    assert "password" not in "".join(s2.banner)
+    conn = adbc_connect(s2.uri, password=password)
+    conn.cursor().execute("SELECT 1")
+    conn.close()
+    s2.stop()
