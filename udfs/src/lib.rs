@@ -2,13 +2,65 @@
 //!
 //! This crate knows nothing of networks or storage: it only defines functions and registers
 //! them on a DataFusion context, so the server, the CLI and a Ballista executor link the same
-//! code. The pipeline functions (similarity, attribution, experiments) land here with the
-//! pipelines issue; [`register_all`] is the one place that registers them.
+//! code. [`register_all`] is the one place that registers them.
+//!
+//! | function | kind | module |
+//! |---|---|---|
+//! | `array_cosine_similarity(a, b)` | scalar | [`similarity`] |
+//! | `array_inner_product(a, b)` | scalar (alias of DataFusion's `inner_product`) | [`similarity`] |
+//! | `weighted_avg_vector(vector, weight)` | aggregate | [`weighted_avg`] |
+//! | `largest_remainder(amount, weight) OVER (...)` | window | [`allocation`] |
+//! | `ab_bucket(user_id, salt, buckets)` | scalar | [`experiments`] |
+//! | `two_proportion_z_test(x_t, n_t, x_c, n_c [, confidence])` | scalar → struct | [`experiments`] |
+//! | `welch_t_test(m_t, v_t, n_t, m_c, v_c, n_c [, confidence])` | scalar → struct | [`experiments`] |
+//!
+//! Euclidean distance is DataFusion's `array_distance` (DuckDB's name already).
+
+pub mod allocation;
+pub mod experiments;
+pub mod similarity;
+mod util;
+pub mod weighted_avg;
 
 use datafusion::error::Result;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::prelude::SessionContext;
 
+/// Every StreamPulse scalar function.
+pub fn scalar_functions() -> Vec<ScalarUDF> {
+    let inner_product = datafusion::functions_nested::inner_product::inner_product_udf()
+        .as_ref()
+        .clone()
+        .with_aliases(["array_inner_product"]);
+    vec![
+        ScalarUDF::from(similarity::ArrayCosineSimilarity::default()),
+        inner_product,
+        ScalarUDF::from(experiments::AbBucket::default()),
+        ScalarUDF::from(experiments::TwoProportionZTest::default()),
+        ScalarUDF::from(experiments::WelchTTest::default()),
+    ]
+}
+
+/// Every StreamPulse aggregate function.
+pub fn aggregate_functions() -> Vec<AggregateUDF> {
+    vec![AggregateUDF::from(weighted_avg::WeightedAvgVector::default())]
+}
+
+/// Every StreamPulse window function.
+pub fn window_functions() -> Vec<WindowUDF> {
+    vec![WindowUDF::from(allocation::LargestRemainder::default())]
+}
+
 /// Register every StreamPulse function on `ctx`.
-pub fn register_all(_ctx: &SessionContext) -> Result<()> {
+pub fn register_all(ctx: &SessionContext) -> Result<()> {
+    for f in scalar_functions() {
+        ctx.register_udf(f);
+    }
+    for f in aggregate_functions() {
+        ctx.register_udaf(f);
+    }
+    for f in window_functions() {
+        ctx.register_udwf(f);
+    }
     Ok(())
 }
