@@ -41,6 +41,8 @@ enum Command {
     Sql(SqlArgs),
     /// Manage the users who may connect (stored in the warehouse catalog).
     User(UserArgs),
+    /// Print the reference of StreamPulse's SQL functions (Markdown).
+    Functions,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,6 +125,10 @@ pub async fn run() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Sql(args) => sql(args).await,
         Command::User(args) => user(args).await,
+        Command::Functions => {
+            print!("{}", streampulse_udfs::reference_markdown());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

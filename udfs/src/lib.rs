@@ -64,3 +64,52 @@ pub fn register_all(ctx: &SessionContext) -> Result<()> {
     }
     Ok(())
 }
+
+/// The function reference in Markdown, generated from each function's `Documentation`
+/// (printed by `streampulse functions` and pasted into the README).
+pub fn reference_markdown() -> String {
+    let mut docs: Vec<(String, datafusion::logical_expr::Documentation)> = Vec::new();
+    for f in scalar_functions() {
+        if let Some(d) = f.documentation() {
+            let name = match f.aliases() {
+                [] => format!("`{}`", f.name()),
+                aliases => format!("`{}` (also `{}`)", f.name(), aliases.join("`, `")),
+            };
+            docs.push((name, d.clone()));
+        }
+    }
+    for f in aggregate_functions() {
+        if let Some(d) = f.documentation() {
+            docs.push((format!("`{}`", f.name()), d.clone()));
+        }
+    }
+    for f in window_functions() {
+        if let Some(d) = f.documentation() {
+            docs.push((format!("`{}`", f.name()), d.clone()));
+        }
+    }
+    docs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::new();
+    for (name, d) in docs {
+        out.push_str(&format!("### {name}\n\n{}\n\n```sql\n{}\n```\n\n", d.description, d.syntax_example));
+        if let Some(args) = &d.arguments {
+            for (arg, text) in args {
+                out.push_str(&format!("- `{arg}`: {text}\n"));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readme_function_reference_is_current() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        assert!(
+            readme.contains(&super::reference_markdown()),
+            "README's function reference is out of date: paste the output of `streampulse functions`"
+        );
+    }
+}
