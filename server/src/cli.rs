@@ -43,6 +43,42 @@ enum Command {
     User(UserArgs),
     /// Print the reference of StreamPulse's SQL functions (Markdown).
     Functions,
+    /// Generate the StreamPulse dataset (plays, users, songs, ...) at a scale factor.
+    Datagen(DatagenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DatagenArgs {
+    /// Scale factor: 1 = 100 M plays, 5 M users, 500 k songs, 100 k artists over 30 days
+    #[arg(long, default_value_t = 0.01)]
+    scale: f64,
+    /// Output folder
+    #[arg(long)]
+    out: PathBuf,
+    /// Table file format
+    #[arg(long, value_enum, default_value = "csv")]
+    format: DatagenFormat,
+    /// Random seed: the same seed and scale give identical files
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Last days also written as live-event gzip JSONL (0 to 30)
+    #[arg(long, default_value_t = 2)]
+    event_days: u32,
+    /// Share of plays rows written malformed, for bad-input tests (CSV only)
+    #[arg(long, default_value_t = 0.0)]
+    dirty_fraction: f64,
+    /// Threads [default: cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bar
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DatagenFormat {
+    Csv,
+    Parquet,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +121,57 @@ struct SqlArgs {
     /// Password for --connect
     #[arg(long, env = "STREAMPULSE_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// Script parameter: every `${name}` in the SQL becomes `value` (repeatable)
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+}
+
+/// Replace `${name}` with each parameter's value; a `${...}` left over is an error that names it.
+fn substitute_params(script: &str, params: &[String]) -> Result<String, String> {
+    let mut out = script.to_string();
+    for p in params {
+        let (name, value) = p.split_once('=').ok_or_else(|| format!("--param {p}: expected NAME=VALUE"))?;
+        out = out.replace(&format!("${{{}}}", name.trim()), value);
+    }
+    if let Some(start) = out.find("${") {
+        let name: String = out[start + 2..].chars().take_while(|c| *c != '}').collect();
+        return Err(format!("the script uses ${{{name}}}: give it with --param {name}=..."));
+    }
+    Ok(out)
+}
+
+fn datagen(args: DatagenArgs) -> Result<(), String> {
+    use streampulse_bench::datagen::{Config, Format, generate};
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().map_err(|e| e.to_string())?;
+    }
+    let config = Config {
+        scale: args.scale,
+        out: args.out.clone(),
+        format: match args.format {
+            DatagenFormat::Csv => Format::Csv,
+            DatagenFormat::Parquet => Format::Parquet,
+        },
+        seed: args.seed,
+        event_days: args.event_days,
+        dirty_fraction: args.dirty_fraction,
+        progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let started = std::time::Instant::now();
+    let manifest = generate(&config).map_err(|e| e.to_string())?;
+    let c = manifest.counts;
+    println!(
+        "generated SF {} into {}: {} plays, {} users, {} songs, {} artists, {} event files in {:.1}s",
+        manifest.scale_factor,
+        args.out.display(),
+        c.plays,
+        c.users,
+        c.songs,
+        c.artists,
+        manifest.event_files,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +212,7 @@ pub async fn run() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Sql(args) => sql(args).await,
         Command::User(args) => user(args).await,
+        Command::Datagen(args) => datagen(args),
         Command::Functions => {
             print!("{}", streampulse_udfs::reference_markdown());
             Ok(())
@@ -235,6 +323,7 @@ async fn sql(args: SqlArgs) -> Result<(), String> {
         (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
         (None, None) => return Err("give SQL with -e or a file with -f".into()),
     };
+    let script = substitute_params(&script, &args.params)?;
     match &args.connect {
         Some(url) => {
             let password = args.password.clone().ok_or("--connect needs --password or STREAMPULSE_PASSWORD")?;
@@ -351,4 +440,20 @@ async fn user(args: UserArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::substitute_params;
+
+    #[test]
+    fn params_are_substituted_and_missing_ones_named() {
+        let p = vec!["run_date=2026-10-05".to_string(), "data=/tmp/d".to_string()];
+        assert_eq!(
+            substitute_params("SELECT '${run_date}' FROM '${data}/x'", &p).unwrap(),
+            "SELECT '2026-10-05' FROM '/tmp/d/x'"
+        );
+        assert!(substitute_params("SELECT ${month}", &p).unwrap_err().contains("--param month="));
+        assert!(substitute_params("x", &["novalue".to_string()]).is_err());
+    }
 }

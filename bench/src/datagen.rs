@@ -1,0 +1,858 @@
+//! The StreamPulse data generator: deterministic, parallel, streaming.
+//!
+//! **Scale.** SF 1 is the audit's volume today: 100 M plays, 5 M users, 500 k songs, 100 k
+//! artists over 30 days. Plays and users scale linearly with SF; songs and artists with √SF
+//! (catalogues grow slower than audiences), with floors so tiny SFs stay meaningful.
+//!
+//! **Determinism.** Every random stream is a ChaCha8 generator seeded from `(seed, stream id)`:
+//! the plays are cut into fixed chunks, each with its own stream, so the output is identical
+//! whatever the number of threads or the order they run in.
+//!
+//! **Shape.** Song and artist popularity are Zipf-distributed; user activity is heavy-tailed
+//! (Pareto); plays follow a weekly and hourly rhythm. Each user belongs to one of 20 taste
+//! clusters that prefer two genres: 70 % of a user's plays come from their cluster's genres, and
+//! songs outside their taste are skipped more often. The clusters are written to `truth/` so a
+//! recommender can be scored against them. Experiment `shuffle-v2` has a planted effect
+//! (treatment skips 20 % less); `home-layout` has none (an A/A test).
+//!
+//! **Output** (`--out DIR`): `plays/part-NNNNN.{csv,parquet}`, `users`, `songs`, `artists`,
+//! `subscriptions`, `ad_revenue`, `experiments`, `truth/user_clusters`, `truth/clusters`,
+//! live events as gzip JSONL under `events/year=YYYY/month=M/day=D/<unix_ts>_<chunk>_<day>_<seq>.gz`
+//! (≈6,500 lines per file, for the last `event_days` days), and `manifest.json`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{Datelike, Duration, NaiveDate};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Pareto, Zipf, weighted::WeightedAliasIndex};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use streampulse_udfs::experiments::bucket_of;
+
+/// Errors of the generator; each names the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DatagenError {
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("writing {path}: {source}")]
+    Arrow { path: PathBuf, source: arrow::error::ArrowError },
+    #[error("writing {path}: {source}")]
+    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+}
+
+type Result<T> = std::result::Result<T, DatagenError>;
+
+/// File format of the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Parquet,
+}
+
+impl Format {
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub scale: f64,
+    pub out: PathBuf,
+    pub format: Format,
+    pub seed: u64,
+    /// Days (counted back from the last) written as live-event JSONL too.
+    pub event_days: u32,
+    /// Share of plays rows written malformed (CSV only), for bad-input tests.
+    pub dirty_fraction: f64,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Row counts at a scale factor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Scale {
+    pub plays: u64,
+    pub users: u64,
+    pub songs: u64,
+    pub artists: u64,
+    pub days: u32,
+}
+
+impl Scale {
+    /// Plays and users linear in SF, songs and artists in √SF, with floors.
+    pub fn of(sf: f64) -> Self {
+        Scale {
+            plays: ((100_000_000.0 * sf).round() as u64).max(1_000),
+            users: ((5_000_000.0 * sf).round() as u64).max(100),
+            songs: ((500_000.0 * sf.sqrt()).round() as u64).max(500),
+            artists: ((100_000.0 * sf.sqrt()).round() as u64).max(50),
+            days: DAYS,
+        }
+    }
+}
+
+/// What was written: the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub generator: String,
+    pub scale_factor: f64,
+    pub seed: u64,
+    pub format: Format,
+    pub counts: Scale,
+    pub first_day: String,
+    pub event_days: u32,
+    pub dirty_rows: u64,
+    pub event_files: u64,
+    pub plays_files: u64,
+}
+
+const DAYS: u32 = 30;
+const CLUSTERS: usize = 20;
+/// Plays per chunk: at most 1 M, and small enough that small scales still use every core.
+/// A function of the scale only, so the output stays identical whatever the thread count.
+fn chunk_rows(plays: u64) -> u64 {
+    (plays / 32).clamp(50_000, 1_000_000)
+}
+const BATCH_ROWS: usize = 65_536;
+const EVENTS_PER_FILE: usize = 6_500;
+/// Share of a user's plays drawn from their taste cluster's genres.
+const IN_TASTE_SHARE: f64 = 0.7;
+
+/// The first day of generated activity (UTC).
+pub fn first_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 10, 1).unwrap_or_default()
+}
+
+pub const GENRES: [&str; 12] = [
+    "pop", "rock", "hip-hop", "electronic", "jazz", "classical", "country", "r&b", "latin", "metal", "folk", "reggae",
+];
+const COUNTRIES: [(&str, f64); 10] = [
+    ("US", 0.30), ("GB", 0.10), ("DE", 0.10), ("FR", 0.08), ("BR", 0.12), ("SE", 0.04), ("MX", 0.08), ("JP", 0.06), ("IN", 0.08), ("ES", 0.04),
+];
+/// Plan, share of users, monthly price in cents.
+const PLANS: [(&str, f64, i64); 4] = [("free", 0.55, 0), ("premium", 0.30, 1099), ("family", 0.10, 1799), ("student", 0.05, 599)];
+const SOURCES: [&str; 5] = ["playlist", "album", "radio", "search", "recommendation"];
+const DEVICES: [&str; 5] = ["mobile", "desktop", "web", "speaker", "tv"];
+/// Relative activity by hour of day (UTC): quiet nights, evening peak.
+const HOUR_WEIGHTS: [f64; 24] = [
+    0.6, 0.4, 0.3, 0.2, 0.2, 0.3, 0.6, 1.0, 1.3, 1.2, 1.1, 1.1, 1.2, 1.2, 1.1, 1.1, 1.3, 1.6, 1.9, 2.1, 2.2, 2.0, 1.6, 1.0,
+];
+
+/// The experiments: id, name, salt, planted effect on treatment's skip probability.
+pub const EXPERIMENTS: [(i64, &str, &str, f64); 2] = [(1, "shuffle-v2", "exp-shuffle-v2", 0.8), (2, "home-layout", "exp-home-layout", 1.0)];
+
+/// Treatment when `ab_bucket(user_id, salt, 100) >= 50`.
+pub fn in_treatment(user_id: u64, salt: &str) -> bool {
+    bucket_of(&user_id.to_string(), salt, 100) >= 50
+}
+
+/// The genres a taste cluster prefers.
+pub fn cluster_genres(cluster: usize) -> [usize; 2] {
+    [cluster % GENRES.len(), (cluster * 5 + 3) % GENRES.len()]
+}
+
+fn stream(seed: u64, id: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(id);
+    rng
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DatagenError + '_ {
+    move |source| DatagenError::Io { path: path.to_path_buf(), source }
+}
+
+/// Songs: artist, genre, popularity.
+struct Catalog {
+    song_artist: Vec<u32>,
+    song_genre: Vec<u8>,
+    song_duration: Vec<i32>,
+    /// Song ids (0-based) from most to least popular.
+    by_popularity: Vec<u32>,
+    /// Per cluster: song ids of its genres, most popular first.
+    cluster_pool: Vec<Vec<u32>>,
+}
+
+/// Users: who they are and how they listen.
+struct Audience {
+    country: Vec<u8>,
+    plan: Vec<u8>,
+    cluster: Vec<u8>,
+    device: Vec<u8>,
+    signup: Vec<i32>,
+    birth_year: Vec<i32>,
+    treatment: Vec<[bool; 2]>,
+    activity: WeightedAliasIndex<f64>,
+}
+
+/// Generate everything described by `config`.
+pub fn generate(config: &Config) -> Result<Manifest> {
+    if !(config.scale > 0.0 && config.scale.is_finite()) {
+        return Err(DatagenError::Config(format!("scale must be a positive number, got {}", config.scale)));
+    }
+    if !(0.0..=0.5).contains(&config.dirty_fraction) {
+        return Err(DatagenError::Config("dirty fraction must be between 0 and 0.5".into()));
+    }
+    if config.dirty_fraction > 0.0 && config.format != Format::Csv {
+        return Err(DatagenError::Config("dirty rows are only written in CSV".into()));
+    }
+    if config.event_days > DAYS {
+        return Err(DatagenError::Config(format!("event days must be at most {DAYS}")));
+    }
+    let scale = Scale::of(config.scale);
+    for dir in ["plays", "truth", "events"] {
+        let p = config.out.join(dir);
+        std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+    }
+    let catalog = build_catalog(config, &scale);
+    let audience = build_audience(config, &scale)?;
+    write_dimensions(config, &scale, &catalog, &audience)?;
+
+    let chunks = scale.plays.div_ceil(chunk_rows(scale.plays));
+    let bar = if config.progress {
+        let b = ProgressBar::new(scale.plays);
+        b.set_style(
+            ProgressStyle::with_template("plays {bar:40} {human_pos}/{human_len} ({per_sec}, eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let dirty = AtomicU64::new(0);
+    let event_files = AtomicU64::new(0);
+    (0..chunks).into_par_iter().try_for_each(|chunk| {
+        let (d, e) = write_plays_chunk(config, &scale, &catalog, &audience, chunk, &bar)?;
+        dirty.fetch_add(d, Ordering::Relaxed);
+        event_files.fetch_add(e, Ordering::Relaxed);
+        Ok::<_, DatagenError>(())
+    })?;
+    bar.finish_and_clear();
+
+    let manifest = Manifest {
+        generator: format!("streampulse datagen {}", env!("CARGO_PKG_VERSION")),
+        scale_factor: config.scale,
+        seed: config.seed,
+        format: config.format,
+        counts: scale,
+        first_day: first_day().to_string(),
+        event_days: config.event_days,
+        dirty_rows: dirty.load(Ordering::Relaxed),
+        event_files: event_files.load(Ordering::Relaxed),
+        plays_files: chunks,
+    };
+    let path = config.out.join("manifest.json");
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| DatagenError::Config(e.to_string()))?;
+    std::fs::write(&path, text).map_err(io_err(&path))?;
+    Ok(manifest)
+}
+
+fn genre_centroid(genre: usize) -> [f64; 7] {
+    // Deterministic, distinct centroids per genre for the audio features.
+    let g = genre as f64;
+    [
+        0.3 + 0.05 * ((g * 1.7) % 10.0),
+        0.2 + 0.06 * ((g * 3.1) % 10.0),
+        0.25 + 0.05 * ((g * 2.3) % 10.0),
+        0.2 + 0.06 * ((g * 4.7) % 10.0),
+        0.1 + 0.07 * ((g * 5.3) % 10.0),
+        0.05 + 0.08 * ((g * 6.1) % 10.0),
+        0.05 + 0.03 * ((g * 7.9) % 10.0),
+    ]
+}
+
+fn build_catalog(config: &Config, scale: &Scale) -> Catalog {
+    let mut rng = stream(config.seed, 1);
+    let artist_genre: Vec<u8> = (0..scale.artists).map(|_| rng.random_range(0..GENRES.len()) as u8).collect();
+    // Prolific artists: artist of a song is Zipf over artist ids.
+    let artist_zipf = Zipf::new(scale.artists as f64, 0.8).ok();
+    let mut song_artist = Vec::with_capacity(scale.songs as usize);
+    let mut song_genre = Vec::with_capacity(scale.songs as usize);
+    let mut song_duration = Vec::with_capacity(scale.songs as usize);
+    for _ in 0..scale.songs {
+        let a = artist_zipf.map_or(1.0, |z| z.sample(&mut rng)) as u32 - 1;
+        let genre = if rng.random_bool(0.9) { artist_genre[a as usize] } else { rng.random_range(0..GENRES.len()) as u8 };
+        song_artist.push(a);
+        song_genre.push(genre);
+        song_duration.push(rng.random_range(120_000..420_000));
+    }
+    let mut by_popularity: Vec<u32> = (0..scale.songs as u32).collect();
+    // Fisher–Yates with our stream, so popularity is not tied to ids.
+    for i in (1..by_popularity.len()).rev() {
+        let j = rng.random_range(0..=i);
+        by_popularity.swap(i, j);
+    }
+    let cluster_pool = (0..CLUSTERS)
+        .map(|c| {
+            let genres = cluster_genres(c);
+            by_popularity.iter().copied().filter(|s| genres.contains(&(song_genre[*s as usize] as usize))).collect()
+        })
+        .collect();
+    Catalog { song_artist, song_genre, song_duration, by_popularity, cluster_pool }
+}
+
+fn weighted_pick(rng: &mut ChaCha8Rng, weights: &[f64]) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut x = rng.random::<f64>() * total;
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    weights.len() - 1
+}
+
+fn build_audience(config: &Config, scale: &Scale) -> Result<Audience> {
+    let mut rng = stream(config.seed, 2);
+    let n = scale.users as usize;
+    let country_w: Vec<f64> = COUNTRIES.iter().map(|c| c.1).collect();
+    let plan_w: Vec<f64> = PLANS.iter().map(|p| p.1).collect();
+    let pareto: Pareto<f64> = Pareto::new(1.0, 1.2).map_err(|e| DatagenError::Config(e.to_string()))?;
+    let mut a = Audience {
+        country: Vec::with_capacity(n),
+        plan: Vec::with_capacity(n),
+        cluster: Vec::with_capacity(n),
+        device: Vec::with_capacity(n),
+        signup: Vec::with_capacity(n),
+        birth_year: Vec::with_capacity(n),
+        treatment: Vec::with_capacity(n),
+        activity: WeightedAliasIndex::new(vec![1.0]).map_err(|e| DatagenError::Config(e.to_string()))?,
+    };
+    let mut activity = Vec::with_capacity(n);
+    let epoch_2015 = NaiveDate::from_ymd_opt(2015, 1, 1).unwrap_or_default().num_days_from_ce();
+    let last_signup = first_day().num_days_from_ce() - 1;
+    for _ in 0..n {
+        a.country.push(weighted_pick(&mut rng, &country_w) as u8);
+        a.plan.push(weighted_pick(&mut rng, &plan_w) as u8);
+        a.cluster.push(rng.random_range(0..CLUSTERS) as u8);
+        a.device.push(rng.random_range(0..DEVICES.len()) as u8);
+        a.signup.push(rng.random_range(epoch_2015..=last_signup) - 719_163);
+        a.birth_year.push(rng.random_range(1950..=2010));
+        activity.push(pareto.sample(&mut rng).min(1_000.0));
+    }
+    a.treatment = (1..=n as u64)
+        .into_par_iter()
+        .map(|u| [in_treatment(u, EXPERIMENTS[0].2), in_treatment(u, EXPERIMENTS[1].2)])
+        .collect();
+    a.activity = WeightedAliasIndex::new(activity).map_err(|e| DatagenError::Config(e.to_string()))?;
+    Ok(a)
+}
+
+fn utf8(v: Vec<String>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+
+fn write_table(config: &Config, name: &str, batch: RecordBatch) -> Result<()> {
+    let path = config.out.join(format!("{name}.{}", config.format.extension()));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let file = File::create(&path).map_err(io_err(&path))?;
+    match config.format {
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(BufWriter::new(file));
+            w.write(&batch).map_err(|source| DatagenError::Arrow { path: path.clone(), source })?;
+        }
+        Format::Parquet => {
+            let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)
+                .map_err(|source| DatagenError::Parquet { path: path.clone(), source })?;
+            w.write(&batch).map_err(|source| DatagenError::Parquet { path: path.clone(), source })?;
+            w.close().map_err(|source| DatagenError::Parquet { path: path.clone(), source })?;
+        }
+    }
+    Ok(())
+}
+
+fn batch(fields: Vec<(&str, DataType)>, columns: Vec<ArrayRef>) -> RecordBatch {
+    let schema = Arc::new(Schema::new(fields.into_iter().map(|(n, t)| Field::new(n, t, true)).collect::<Vec<_>>()));
+    // Columns are built to match their fields; a mismatch is a programming error caught by tests.
+    RecordBatch::try_new(schema, columns).unwrap_or_else(|e| panic!("datagen schema bug: {e}"))
+}
+
+fn write_dimensions(config: &Config, scale: &Scale, catalog: &Catalog, audience: &Audience) -> Result<()> {
+    let mut rng = stream(config.seed, 3);
+    // artists
+    let n = scale.artists as usize;
+    write_table(config, "artists", batch(
+        vec![("artist_id", DataType::Int64), ("name", DataType::Utf8), ("country", DataType::Utf8), ("formed_year", DataType::Int32)],
+        vec![
+            Arc::new(Int64Array::from_iter_values(1..=n as i64)),
+            utf8((1..=n).map(|i| format!("Artist {i}")).collect()),
+            utf8((0..n).map(|_| COUNTRIES[rng.random_range(0..COUNTRIES.len())].0.to_string()).collect()),
+            Arc::new(Int32Array::from_iter_values((0..n).map(|_| rng.random_range(1955..=2025)))),
+        ],
+    ))?;
+    // songs with audio features around their genre's centroid
+    let s = scale.songs as usize;
+    let mut features: Vec<Vec<f64>> = vec![Vec::with_capacity(s); 7];
+    let mut tempo = Vec::with_capacity(s);
+    let mut release = Vec::with_capacity(s);
+    for i in 0..s {
+        let c = genre_centroid(catalog.song_genre[i] as usize);
+        for (k, f) in features.iter_mut().enumerate() {
+            f.push((c[k] + rng.random_range(-0.12..0.12)).clamp(0.0, 1.0));
+        }
+        tempo.push(60.0 + 140.0 * (c[0] + rng.random_range(-0.1..0.1)).clamp(0.0, 1.0));
+        release.push(rng.random_range(-3650..20_400));
+    }
+    let mut song_cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(1..=s as i64)),
+        Arc::new(Int64Array::from_iter_values(catalog.song_artist.iter().map(|a| *a as i64 + 1))),
+        utf8((1..=s).map(|i| format!("Song {i}")).collect()),
+        utf8(catalog.song_artist.iter().enumerate().map(|(i, a)| format!("Album {}-{}", a + 1, i % 7)).collect()),
+        utf8(catalog.song_genre.iter().map(|g| GENRES[*g as usize].to_string()).collect()),
+        Arc::new(Date32Array::from(release)),
+        Arc::new(Int32Array::from(catalog.song_duration.clone())),
+        Arc::new(Float64Array::from(tempo)),
+    ];
+    for f in features {
+        song_cols.push(Arc::new(Float64Array::from(f)));
+    }
+    write_table(config, "songs", batch(
+        vec![
+            ("song_id", DataType::Int64), ("artist_id", DataType::Int64), ("title", DataType::Utf8), ("album", DataType::Utf8),
+            ("genre", DataType::Utf8), ("release_date", DataType::Date32), ("duration_ms", DataType::Int32), ("tempo", DataType::Float64),
+            ("energy", DataType::Float64), ("danceability", DataType::Float64), ("valence", DataType::Float64),
+            ("acousticness", DataType::Float64), ("instrumentalness", DataType::Float64), ("speechiness", DataType::Float64),
+            ("liveness", DataType::Float64),
+        ],
+        song_cols,
+    ))?;
+    // users
+    let u = scale.users as usize;
+    write_table(config, "users", batch(
+        vec![("user_id", DataType::Int64), ("signup_date", DataType::Date32), ("country", DataType::Utf8), ("plan", DataType::Utf8), ("birth_year", DataType::Int32)],
+        vec![
+            Arc::new(Int64Array::from_iter_values(1..=u as i64)),
+            Arc::new(Date32Array::from(audience.signup.clone())),
+            utf8(audience.country.iter().map(|c| COUNTRIES[*c as usize].0.to_string()).collect()),
+            utf8(audience.plan.iter().map(|p| PLANS[*p as usize].0.to_string()).collect()),
+            Arc::new(Int32Array::from(audience.birth_year.clone())),
+        ],
+    ))?;
+    // subscriptions: every paying user pays the month's price
+    let month = first_day().num_days_from_ce() - 719_163;
+    let paying: Vec<usize> = (0..u).filter(|i| PLANS[audience.plan[*i] as usize].2 > 0).collect();
+    write_table(config, "subscriptions", batch(
+        vec![("user_id", DataType::Int64), ("month", DataType::Date32), ("plan", DataType::Utf8), ("amount_cents", DataType::Int64), ("country", DataType::Utf8)],
+        vec![
+            Arc::new(Int64Array::from_iter_values(paying.iter().map(|i| *i as i64 + 1))),
+            Arc::new(Date32Array::from(vec![month; paying.len()])),
+            utf8(paying.iter().map(|i| PLANS[audience.plan[*i] as usize].0.to_string()).collect()),
+            Arc::new(Int64Array::from_iter_values(paying.iter().map(|i| PLANS[audience.plan[*i] as usize].2))),
+            utf8(paying.iter().map(|i| COUNTRIES[audience.country[*i] as usize].0.to_string()).collect()),
+        ],
+    ))?;
+    // ad revenue per country and day: ~2 cents per free user per day, with noise
+    let mut free_per_country = [0u64; COUNTRIES.len()];
+    for i in 0..u {
+        if audience.plan[i] == 0 {
+            free_per_country[audience.country[i] as usize] += 1;
+        }
+    }
+    let (mut countries, mut days, mut amounts) = (Vec::new(), Vec::new(), Vec::new());
+    for (c, free) in free_per_country.iter().enumerate() {
+        for d in 0..DAYS as i32 {
+            countries.push(COUNTRIES[c].0.to_string());
+            days.push(month + d);
+            amounts.push(((*free as f64) * 2.0 * rng.random_range(0.8..1.2)).round() as i64);
+        }
+    }
+    write_table(config, "ad_revenue", batch(
+        vec![("country", DataType::Utf8), ("day", DataType::Date32), ("amount_cents", DataType::Int64)],
+        vec![utf8(countries), Arc::new(Date32Array::from(days)), Arc::new(Int64Array::from(amounts))],
+    ))?;
+    // experiments
+    let end = month + DAYS as i32 - 1;
+    write_table(config, "experiments", batch(
+        vec![
+            ("experiment_id", DataType::Int64), ("name", DataType::Utf8), ("salt", DataType::Utf8), ("variants", DataType::Utf8),
+            ("traffic_share", DataType::Float64), ("start_date", DataType::Date32), ("end_date", DataType::Date32), ("assignment", DataType::Utf8),
+        ],
+        vec![
+            Arc::new(Int64Array::from_iter_values(EXPERIMENTS.iter().map(|e| e.0))),
+            utf8(EXPERIMENTS.iter().map(|e| e.1.to_string()).collect()),
+            utf8(EXPERIMENTS.iter().map(|e| e.2.to_string()).collect()),
+            utf8(vec!["control,treatment".into(); EXPERIMENTS.len()]),
+            Arc::new(Float64Array::from(vec![1.0; EXPERIMENTS.len()])),
+            Arc::new(Date32Array::from(vec![month; EXPERIMENTS.len()])),
+            Arc::new(Date32Array::from(vec![end; EXPERIMENTS.len()])),
+            utf8(vec!["treatment if ab_bucket(user_id, salt, 100) >= 50".into(); EXPERIMENTS.len()]),
+        ],
+    ))?;
+    // truth
+    write_table(config, "truth/user_clusters", batch(
+        vec![("user_id", DataType::Int64), ("cluster", DataType::Int32)],
+        vec![
+            Arc::new(Int64Array::from_iter_values(1..=u as i64)),
+            Arc::new(Int32Array::from_iter_values(audience.cluster.iter().map(|c| *c as i32))),
+        ],
+    ))?;
+    write_table(config, "truth/clusters", batch(
+        vec![("cluster", DataType::Int32), ("genre_1", DataType::Utf8), ("genre_2", DataType::Utf8)],
+        vec![
+            Arc::new(Int32Array::from_iter_values(0..CLUSTERS as i32)),
+            utf8((0..CLUSTERS).map(|c| GENRES[cluster_genres(c)[0]].to_string()).collect()),
+            utf8((0..CLUSTERS).map(|c| GENRES[cluster_genres(c)[1]].to_string()).collect()),
+        ],
+    ))?;
+    Ok(())
+}
+
+/// One batch of plays, column by column.
+#[derive(Default)]
+struct Plays {
+    play_id: Vec<i64>,
+    user_id: Vec<i64>,
+    song_id: Vec<i64>,
+    artist_id: Vec<i64>,
+    played_at: Vec<i64>,
+    ms_played: Vec<i32>,
+    skipped: Vec<bool>,
+    source: Vec<u8>,
+    device: Vec<u8>,
+    country: Vec<u8>,
+    session_id: Vec<i64>,
+    day: Vec<u32>,
+}
+
+impl Plays {
+    fn len(&self) -> usize {
+        self.play_id.len()
+    }
+
+    fn clear(&mut self) {
+        *self = Plays::default();
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("play_id", DataType::Int64, false),
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("song_id", DataType::Int64, false),
+            Field::new("artist_id", DataType::Int64, false),
+            Field::new("played_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new("ms_played", DataType::Int32, false),
+            Field::new("skipped", DataType::Boolean, false),
+            Field::new("source", DataType::Utf8, false),
+            Field::new("device", DataType::Utf8, false),
+            Field::new("country", DataType::Utf8, false),
+            Field::new("session_id", DataType::Int64, false),
+        ]))
+    }
+
+    fn to_batch(&self) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+        let pick = |v: &[u8], names: &[&str]| -> ArrayRef { Arc::new(StringArray::from_iter_values(v.iter().map(|i| names[*i as usize]))) };
+        let countries: Vec<&str> = COUNTRIES.iter().map(|c| c.0).collect();
+        RecordBatch::try_new(Self::schema(), vec![
+            Arc::new(Int64Array::from(self.play_id.clone())),
+            Arc::new(Int64Array::from(self.user_id.clone())),
+            Arc::new(Int64Array::from(self.song_id.clone())),
+            Arc::new(Int64Array::from(self.artist_id.clone())),
+            Arc::new(TimestampMicrosecondArray::from(self.played_at.clone()).with_timezone("UTC")),
+            Arc::new(Int32Array::from(self.ms_played.clone())),
+            Arc::new(BooleanArray::from(self.skipped.clone())),
+            pick(&self.source, &SOURCES),
+            pick(&self.device, &DEVICES),
+            pick(&self.country, &countries),
+            Arc::new(Int64Array::from(self.session_id.clone())),
+        ])
+    }
+}
+
+fn timestamp_text(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+/// Writes a chunk's plays to its file and, for event days, to gzip JSONL files.
+struct ChunkWriter<'a> {
+    config: &'a Config,
+    chunk: u64,
+    path: PathBuf,
+    csv: Option<BufWriter<File>>,
+    parquet: Option<parquet::arrow::ArrowWriter<File>>,
+    events: Vec<Option<(GzEncoder<BufWriter<File>>, usize, u64)>>,
+    event_seq: Vec<u64>,
+    event_files: u64,
+    dirty: u64,
+}
+
+impl<'a> ChunkWriter<'a> {
+    fn new(config: &'a Config, chunk: u64) -> Result<Self> {
+        let path = config.out.join("plays").join(format!("part-{chunk:05}.{}", config.format.extension()));
+        let file = File::create(&path).map_err(io_err(&path))?;
+        let (csv, parquet) = match config.format {
+            Format::Csv => {
+                let mut w = BufWriter::with_capacity(1 << 20, file);
+                writeln!(w, "play_id,user_id,song_id,artist_id,played_at,ms_played,skipped,source,device,country,session_id")
+                    .map_err(io_err(&path))?;
+                (Some(w), None)
+            }
+            Format::Parquet => {
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::SNAPPY)
+                    .build();
+                let w = parquet::arrow::ArrowWriter::try_new(file, Plays::schema(), Some(props))
+                    .map_err(|source| DatagenError::Parquet { path: path.clone(), source })?;
+                (None, Some(w))
+            }
+        };
+        Ok(Self {
+            config,
+            chunk,
+            path,
+            csv,
+            parquet,
+            events: (0..DAYS).map(|_| None).collect(),
+            event_seq: vec![0; DAYS as usize],
+            event_files: 0,
+            dirty: 0,
+        })
+    }
+
+    fn write(&mut self, plays: &Plays, rng: &mut ChaCha8Rng) -> Result<()> {
+        if let Some(w) = self.csv.as_mut() {
+            let countries: Vec<&str> = COUNTRIES.iter().map(|c| c.0).collect();
+            for i in 0..plays.len() {
+                if self.config.dirty_fraction > 0.0 && rng.random_bool(self.config.dirty_fraction) {
+                    self.dirty += 1;
+                    // A malformed row: a non-numeric ms_played and a missing column.
+                    writeln!(w, "{},{},{},{},{},not_a_number,{}", plays.play_id[i], plays.user_id[i], plays.song_id[i],
+                        plays.artist_id[i], timestamp_text(plays.played_at[i]), plays.skipped[i])
+                        .map_err(io_err(&self.path))?;
+                    continue;
+                }
+                writeln!(w, "{},{},{},{},{},{},{},{},{},{},{}", plays.play_id[i], plays.user_id[i], plays.song_id[i], plays.artist_id[i],
+                    timestamp_text(plays.played_at[i]), plays.ms_played[i], plays.skipped[i], SOURCES[plays.source[i] as usize],
+                    DEVICES[plays.device[i] as usize], countries[plays.country[i] as usize], plays.session_id[i])
+                    .map_err(io_err(&self.path))?;
+            }
+        }
+        if let Some(w) = self.parquet.as_mut() {
+            let batch = plays.to_batch().map_err(|source| DatagenError::Arrow { path: self.path.clone(), source })?;
+            w.write(&batch).map_err(|source| DatagenError::Parquet { path: self.path.clone(), source })?;
+        }
+        self.write_events(plays)
+    }
+
+    fn write_events(&mut self, plays: &Plays) -> Result<()> {
+        let first_event_day = DAYS - self.config.event_days;
+        for i in 0..plays.len() {
+            let day = plays.day[i];
+            if day < first_event_day {
+                continue;
+            }
+            let slot = &mut self.events[day as usize];
+            if slot.is_none() {
+                let date = first_day() + Duration::days(day as i64);
+                let dir = self.config.out.join("events").join(format!("year={}/month={}/day={}", date.year(), date.month(), date.day()));
+                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                let seq = self.event_seq[day as usize];
+                self.event_seq[day as usize] += 1;
+                let ts = plays.played_at[i] / 1_000_000;
+                let path = dir.join(format!("{ts}_{}_{}_{seq}.gz", self.chunk, day));
+                let file = File::create(&path).map_err(io_err(&path))?;
+                *slot = Some((GzEncoder::new(BufWriter::new(file), Compression::fast()), 0, 0));
+                self.event_files += 1;
+            }
+            if let Some((w, lines, _)) = slot.as_mut() {
+                let line = serde_json::json!({
+                    "play_id": plays.play_id[i], "user_id": plays.user_id[i], "song_id": plays.song_id[i],
+                    "artist_id": plays.artist_id[i], "played_at": timestamp_text(plays.played_at[i]),
+                    "ms_played": plays.ms_played[i], "skipped": plays.skipped[i],
+                    "source": SOURCES[plays.source[i] as usize], "device": DEVICES[plays.device[i] as usize],
+                    "country": COUNTRIES[plays.country[i] as usize].0, "session_id": plays.session_id[i],
+                });
+                writeln!(w, "{line}").map_err(io_err(&self.path))?;
+                *lines += 1;
+                if *lines >= EVENTS_PER_FILE {
+                    if let Some((w, _, _)) = slot.take() {
+                        w.finish().map_err(io_err(&self.path))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(u64, u64)> {
+        if let Some(mut w) = self.csv.take() {
+            w.flush().map_err(io_err(&self.path))?;
+        }
+        if let Some(w) = self.parquet.take() {
+            w.close().map_err(|source| DatagenError::Parquet { path: self.path.clone(), source })?;
+        }
+        for (w, _, _) in self.events.iter_mut().filter_map(Option::take) {
+            w.finish().map_err(io_err(&self.path))?;
+        }
+        Ok((self.dirty, self.event_files))
+    }
+}
+
+fn write_plays_chunk(
+    config: &Config,
+    scale: &Scale,
+    catalog: &Catalog,
+    audience: &Audience,
+    chunk: u64,
+    bar: &ProgressBar,
+) -> Result<(u64, u64)> {
+    let mut rng = stream(config.seed, 1_000 + chunk);
+    let rows = chunk_rows(scale.plays);
+    let start = chunk * rows;
+    let end = (start + rows).min(scale.plays);
+    let global = Zipf::new(scale.songs as f64, 1.05).map_err(|e| DatagenError::Config(e.to_string()))?;
+    let pools: Vec<Option<Zipf<f64>>> =
+        catalog.cluster_pool.iter().map(|p| if p.is_empty() { None } else { Zipf::new(p.len() as f64, 1.0).ok() }).collect();
+    let day_weights: Vec<f64> = (0..DAYS).map(|d| {
+        let weekday = (first_day() + Duration::days(d as i64)).weekday().num_days_from_monday();
+        if weekday >= 5 { 1.2 } else { 1.0 }
+    }).collect();
+    let day_index = WeightedAliasIndex::new(day_weights).map_err(|e| DatagenError::Config(e.to_string()))?;
+    let hour_index = WeightedAliasIndex::new(HOUR_WEIGHTS.to_vec()).map_err(|e| DatagenError::Config(e.to_string()))?;
+    let day0 = first_day().and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros()).unwrap_or_default();
+
+    let mut writer = ChunkWriter::new(config, chunk)?;
+    let mut plays = Plays::default();
+    for row in start..end {
+        let u = audience.activity.sample(&mut rng);
+        let cluster = audience.cluster[u] as usize;
+        let song = match &pools[cluster] {
+            Some(z) if rng.random_bool(IN_TASTE_SHARE) => catalog.cluster_pool[cluster][z.sample(&mut rng) as usize - 1],
+            _ => catalog.by_popularity[global.sample(&mut rng) as usize - 1],
+        } as usize;
+        let in_taste = cluster_genres(cluster).contains(&(catalog.song_genre[song] as usize));
+        let mut skip_p = if in_taste { 0.15 } else { 0.35 };
+        for (k, e) in EXPERIMENTS.iter().enumerate() {
+            if audience.treatment[u][k] {
+                skip_p *= e.3;
+            }
+        }
+        let skipped = rng.random_bool(skip_p);
+        let duration = catalog.song_duration[song];
+        let ms_played = if skipped { rng.random_range(1_000..30_000) } else { (duration as f64 * rng.random_range(0.5..=1.0)) as i32 };
+        let day = day_index.sample(&mut rng) as u32;
+        let hour = hour_index.sample(&mut rng) as i64;
+        let micros = day0 + (day as i64 * 86_400 + hour * 3_600 + rng.random_range(0..3_600)) * 1_000_000 + rng.random_range(0..1_000_000);
+        plays.play_id.push(row as i64 + 1);
+        plays.user_id.push(u as i64 + 1);
+        plays.song_id.push(song as i64 + 1);
+        plays.artist_id.push(catalog.song_artist[song] as i64 + 1);
+        plays.played_at.push(micros);
+        plays.ms_played.push(ms_played);
+        plays.skipped.push(skipped);
+        plays.source.push(rng.random_range(0..SOURCES.len()) as u8);
+        plays.device.push(if rng.random_bool(0.8) { audience.device[u] } else { rng.random_range(0..DEVICES.len()) as u8 });
+        plays.country.push(audience.country[u]);
+        plays.session_id.push((u as i64 + 1) * 1_000 + day as i64 * 24 + hour);
+        plays.day.push(day);
+        if plays.len() == BATCH_ROWS {
+            writer.write(&plays, &mut rng)?;
+            bar.inc(plays.len() as u64);
+            plays.clear();
+        }
+    }
+    if plays.len() > 0 {
+        writer.write(&plays, &mut rng)?;
+        bar.inc(plays.len() as u64);
+    }
+    writer.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, format: Format) -> Config {
+        Config { scale: 0.0005, out: dir.to_path_buf(), format, seed: 7, event_days: 2, dirty_fraction: 0.0, progress: false }
+    }
+
+    fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push((p.strip_prefix(dir).unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn same_seed_same_bytes_different_seed_different_bytes() {
+        let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        generate(&config(a.path(), Format::Csv)).unwrap();
+        generate(&config(b.path(), Format::Csv)).unwrap();
+        let mut other = config(c.path(), Format::Csv);
+        other.seed = 8;
+        generate(&other).unwrap();
+        let (ta, tb, tc) = (read_tree(a.path()), read_tree(b.path()), read_tree(c.path()));
+        assert_eq!(ta, tb);
+        assert_ne!(ta.iter().find(|f| f.0 == "plays/part-00000.csv"), tc.iter().find(|f| f.0 == "plays/part-00000.csv"));
+    }
+
+    #[test]
+    fn counts_scale_and_popularity_is_skewed() {
+        let s = Scale::of(1.0);
+        assert_eq!((s.plays, s.users, s.songs, s.artists), (100_000_000, 5_000_000, 500_000, 100_000));
+        let s = Scale::of(0.01);
+        assert_eq!((s.plays, s.users, s.songs, s.artists), (1_000_000, 50_000, 50_000, 10_000));
+        let dir = tempfile::tempdir().unwrap();
+        let m = generate(&config(dir.path(), Format::Csv)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("plays/part-00000.csv")).unwrap();
+        let mut counts = std::collections::HashMap::<&str, usize>::new();
+        let mut rows = 0;
+        for line in text.lines().skip(1) {
+            *counts.entry(line.split(',').nth(2).unwrap()).or_default() += 1;
+            rows += 1;
+        }
+        assert_eq!(rows as u64, m.counts.plays);
+        let mut v: Vec<usize> = counts.values().copied().collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        let top_1pct: usize = v.iter().take((m.counts.songs as usize / 100).max(1)).sum();
+        assert!(top_1pct as f64 > 0.1 * rows as f64, "top 1% of songs should get >10% of plays, got {top_1pct}/{rows}");
+        assert!(m.event_files > 0);
+    }
+
+    #[test]
+    fn parquet_and_dirty_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(&config(dir.path(), Format::Parquet)).unwrap();
+        assert!(dir.path().join("plays/part-00000.parquet").exists());
+        assert!(dir.path().join("songs.parquet").exists());
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), Format::Csv);
+        c.dirty_fraction = 0.01;
+        let m = generate(&c).unwrap();
+        assert!(m.dirty_rows > 0);
+        let mut p = config(dir.path(), Format::Parquet);
+        p.dirty_fraction = 0.01;
+        assert!(generate(&p).unwrap_err().to_string().contains("only written in CSV"));
+    }
+}
