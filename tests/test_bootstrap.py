@@ -26,3 +26,18 @@ def test_generated_admin_password_is_printed_once_and_works(tmp_path):
     conn.cursor().execute("SELECT 1")
     conn.close()
     s2.stop()
+
+
+def test_demo_generates_and_loads_the_dataset_once(tmp_path):
+    wh = str(tmp_path / "wh")
+    s = Server(wh, extra_args=["--demo"], log_path=str(tmp_path / "log")).start()
+    assert "Demo data loaded into schema music" in "".join(s.banner)
+    conn = adbc_connect(s.uri)
+    cur = conn.cursor()
+    cur.execute("SELECT count(*), count(DISTINCT play_date) FROM music.plays")
+    assert cur.fetchone() == (100_000, 30)
+    conn.close()
+    s.stop()
+    again = Server(wh, extra_args=["--demo"], log_path=str(tmp_path / "log")).start()
+    assert "Generating" not in "".join(again.banner)
+    again.stop()

@@ -97,9 +97,13 @@ struct ServeArgs {
     /// Password of that first admin; generated and printed once when unset
     #[arg(long, env = "STREAMPULSE_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
-    /// Load the small demo schema (sql/demo.sql) before serving
+    /// Generate a small StreamPulse dataset and load it (schema `music`) before serving,
+    /// unless it is already there; local warehouses only
     #[arg(long, env = "STREAMPULSE_DEMO")]
     demo: bool,
+    /// Scale factor of the --demo dataset (1 = 100 M plays)
+    #[arg(long, env = "STREAMPULSE_DEMO_SCALE", default_value_t = 0.001)]
+    demo_scale: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -260,8 +264,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     if args.demo {
-        run_script(&engine, DEMO_SQL, false).await?;
-        info!("demo schema loaded");
+        load_demo(&engine, args.demo_scale).await?;
     }
     let ttl = config::parse_duration(&args.token_ttl.or(file.token_ttl.clone()).unwrap_or_else(|| config::DEFAULT_TOKEN_TTL.into()))?;
     let listen = args.listen.or(file.listen.clone()).unwrap_or_else(|| config::DEFAULT_LISTEN.into());
@@ -314,8 +317,56 @@ async fn shutdown_signal() {
     info!("shutting down");
 }
 
-/// The demo schema loaded by `serve --demo`.
-const DEMO_SQL: &str = include_str!("../../sql/demo.sql");
+/// The script that loads a generated folder (also usable by hand, see README).
+const LOAD_SQL: &str = include_str!("../../sql/load_generated.sql");
+
+/// Generate (once) and load the demo dataset into a local warehouse.
+async fn load_demo(engine: &Engine, scale: f64) -> Result<(), String> {
+    if engine.catalog().snapshot().table("music", "plays").is_some() {
+        info!("demo data already loaded");
+        return Ok(());
+    }
+    let root = engine.catalog().warehouse().root().clone();
+    let dir = root
+        .to_file_path()
+        .map_err(|()| "--demo needs a local warehouse folder".to_string())?
+        .join("_landing")
+        .join(format!("demo-sf{scale}"));
+    if !dir.join("manifest.json").exists() {
+        println!("Generating the demo dataset (SF {scale}) into {} ...", dir.display());
+        let config = streampulse_bench::datagen::Config {
+            scale,
+            out: dir.clone(),
+            format: streampulse_bench::datagen::Format::Csv,
+            seed: 42,
+            event_days: 2,
+            dirty_fraction: 0.0,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        tokio::task::spawn_blocking(move || streampulse_bench::datagen::generate(&config))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    let script = substitute_params(
+        LOAD_SQL,
+        &[format!("data={}", dir.display()), "format=csv".to_string()],
+    )?;
+    run_script(engine, &script, false).await?;
+    let ctx = engine.session();
+    let planned = engine
+        .plan_sql(&ctx, "SELECT count(*) AS plays, count(DISTINCT user_id) AS listeners, count(DISTINCT play_date) AS days FROM music.plays")
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Planned::Query(plan) = planned {
+        let physical = engine.physical_plan(&ctx, plan).await.map_err(|e| e.to_string())?;
+        let batches: Vec<RecordBatch> =
+            engine.execute(&ctx, physical).map_err(|e| e.to_string())?.try_collect().await.map_err(|e| e.to_string())?;
+        println!("Demo data loaded into schema music:");
+        print_batches(&batches)?;
+    }
+    Ok(())
+}
 
 async fn sql(args: SqlArgs) -> Result<(), String> {
     let script = match (&args.execute, &args.file) {
