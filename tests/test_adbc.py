@@ -80,6 +80,7 @@ def test_get_info(conn):
     assert info["vendor_name"] == "StreamPulse Warehouse"
     assert info["vendor_version"]
     assert info["vendor_arrow_version"] == "59.3.0"
+    assert sorted(conn.adbc_get_table_types()) == ["TABLE", "VIEW"]
 
 
 def test_ingest_create_append_replace(conn):
