@@ -19,7 +19,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, SchemaReference, TableReference};
+use datafusion::common::{Column, ScalarValue, SchemaReference, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -312,6 +312,11 @@ impl Engine {
             if matches!(dml.op, WriteOp::Delete | WriteOp::Update) {
                 return self.delete_or_update(ctx, dml).await;
             }
+            if matches!(dml.op, WriteOp::Insert(InsertOp::Overwrite)) {
+                if let Some(rows) = self.overwrite_partitions(ctx, dml).await? {
+                    return Ok(rows);
+                }
+            }
         }
         let physical = self.physical_plan(ctx, plan).await?;
         let stream = self.execute(ctx, physical)?;
@@ -336,6 +341,66 @@ impl Engine {
                 Ok(None)
             }
         }
+    }
+
+    /// `INSERT OVERWRITE` into a partitioned managed table replaces only the partitions that
+    /// the new rows fall in (dynamic partition overwrite), in one Delta commit: rerunning a
+    /// daily job for one day replaces that day and leaves the others alone, and a failed run
+    /// changes nothing. Returns `None` for tables without partitions (whole-table overwrite).
+    async fn overwrite_partitions(&self, ctx: &SessionContext, dml: &DmlStatement) -> Result<Option<u64>> {
+        let (schema, table) = self.resolve(ctx, &dml.table_name)?;
+        let Some(TableEntry::Managed { location, partition_columns }) =
+            self.store.refresh().await?.table(&schema, &table).cloned()
+        else {
+            return Ok(None);
+        };
+        if partition_columns.is_empty() {
+            return Ok(None);
+        }
+        let batches = ctx.execute_logical_plan((*dml.input).clone()).await?.collect().await?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if rows == 0 {
+            return Ok(Some(0));
+        }
+        // The distinct partition tuples of the new rows.
+        let mut tuples: Vec<Vec<ScalarValue>> = Vec::new();
+        for batch in &batches {
+            let indices = partition_columns
+                .iter()
+                .map(|c| batch.schema().index_of(c).map_err(|e| CatalogError::Unsupported(e.to_string())))
+                .collect::<Result<Vec<_>>>()?;
+            for row in 0..batch.num_rows() {
+                let tuple = indices
+                    .iter()
+                    .map(|i| ScalarValue::try_from_array(batch.column(*i), row))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                if !tuples.contains(&tuple) {
+                    tuples.push(tuple);
+                }
+            }
+        }
+        let predicate = tuples
+            .iter()
+            .map(|tuple| {
+                partition_columns
+                    .iter()
+                    .zip(tuple)
+                    .map(|(c, v)| {
+                        let column = Expr::Column(Column::new_unqualified(c.clone()));
+                        if v.is_null() { column.is_null() } else { column.eq(Expr::Literal(v.clone(), None)) }
+                    })
+                    .reduce(Expr::and)
+            })
+            .collect::<Option<Vec<_>>>()
+            .and_then(|conjunctions| conjunctions.into_iter().reduce(Expr::or))
+            .ok_or_else(|| CatalogError::Unsupported("INSERT OVERWRITE found no partition values".into()))?;
+        let warehouse = self.store.warehouse();
+        let delta = deltalake::open_table_with_storage_options(warehouse.url(&location)?, warehouse.storage_options()).await?;
+        let target = delta_compatible_schema(&batches[0].schema());
+        let batches = cast_batches(&target, batches)?;
+        delta.write(batches).with_save_mode(SaveMode::Overwrite).with_replace_where(predicate).await?;
+        info!(schema = %schema, table = %table, rows, partitions = tuples.len(), "partitions overwritten");
+        Ok(Some(rows))
     }
 
     /// `DELETE` and `UPDATE` on a managed table, as one Delta commit each (deltalake rewrites
