@@ -128,3 +128,12 @@ def conn(server):
     c = adbc_connect(server.uri)
     yield c
     c.close()
+
+
+def generate_and_load(base, seed, scale="0.001"):
+    """Generate a dataset under `base/data` and load it into the warehouse `base/wh`."""
+    data, wh = base / "data", base / "wh"
+    run_cli("datagen", "--scale", scale, "--seed", str(seed), "--out", str(data), "--quiet")
+    run_cli("sql", "--warehouse", str(wh), "-f", str(ROOT / "sql" / "load_generated.sql"),
+            "--param", f"data={data}", "--param", "format=csv")
+    return data, wh

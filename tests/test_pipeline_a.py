@@ -4,7 +4,7 @@ the same definition with its own SQL on the same raw CSV files; reruns replace t
 import duckdb
 import pytest
 
-from conftest import ROOT, Server, adbc_connect, run_cli
+from conftest import ROOT, Server, adbc_connect, generate_and_load, run_cli
 
 DAYS = ["2026-10-03", "2026-10-04"]
 
@@ -12,10 +12,7 @@ DAYS = ["2026-10-03", "2026-10-04"]
 @pytest.fixture(scope="module")
 def pipeline_a(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline_a")
-    data, wh = base / "data", base / "wh"
-    run_cli("datagen", "--scale", "0.001", "--seed", "11", "--out", str(data), "--quiet")
-    run_cli("sql", "--warehouse", str(wh), "-f", str(ROOT / "sql" / "load_generated.sql"),
-            "--param", f"data={data}", "--param", "format=csv")
+    data, wh = generate_and_load(base, seed=11)
     script = str(ROOT / "sql" / "pipelines" / "a_daily_play_counts.sql")
     for day in DAYS + [DAYS[0]]:  # the first day twice: a rerun
         run_cli("sql", "--warehouse", str(wh), "-f", script, "--param", f"run_date={day}")

@@ -12,16 +12,13 @@ import pyarrow.csv as pacsv
 import pytest
 from scipy import stats
 
-from conftest import ROOT, Server, adbc_connect, run_cli
+from conftest import ROOT, Server, adbc_connect, generate_and_load, run_cli
 
 
 @pytest.fixture(scope="module")
 def pipeline_e(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline_e")
-    data, wh = base / "data", base / "wh"
-    run_cli("datagen", "--scale", "0.001", "--seed", "7", "--out", str(data), "--quiet")
-    run_cli("sql", "--warehouse", str(wh), "-f", str(ROOT / "sql" / "load_generated.sql"),
-            "--param", f"data={data}", "--param", "format=csv")
+    data, wh = generate_and_load(base, seed=7)
     for _ in range(2):  # the rerun must replace, not duplicate
         run_cli("sql", "--warehouse", str(wh), "-f", str(ROOT / "sql" / "pipelines" / "e_ab_analytics.sql"))
     s = Server(str(wh), log_path=str(base / "server.log")).start()

@@ -353,18 +353,13 @@ async fn load_demo(engine: &Engine, scale: f64) -> Result<(), String> {
         &[format!("data={}", dir.display()), "format=csv".to_string()],
     )?;
     run_script(engine, &script, false).await?;
-    let ctx = engine.session();
-    let planned = engine
-        .plan_sql(&ctx, "SELECT count(*) AS plays, count(DISTINCT user_id) AS listeners, count(DISTINCT play_date) AS days FROM music.plays")
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Planned::Query(plan) = planned {
-        let physical = engine.physical_plan(&ctx, plan).await.map_err(|e| e.to_string())?;
-        let batches: Vec<RecordBatch> =
-            engine.execute(&ctx, physical).map_err(|e| e.to_string())?.try_collect().await.map_err(|e| e.to_string())?;
-        println!("Demo data loaded into schema music:");
-        print_batches(&batches)?;
-    }
+    println!("Demo data loaded into schema music:");
+    run_script(
+        engine,
+        "SELECT count(*) AS plays, count(DISTINCT user_id) AS listeners, count(DISTINCT play_date) AS days FROM music.plays",
+        true,
+    )
+    .await?;
     Ok(())
 }
 
