@@ -128,6 +128,18 @@ struct SqlArgs {
     /// Script parameter: every `${name}` in the SQL becomes `value` (repeatable)
     #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
+    /// How results are printed: an aligned table, CSV with a header, or JSON lines.
+    /// With csv/json, stdout holds only result rows; "OK"/row counts go to stderr.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    format: Output,
+}
+
+/// How `streampulse sql` prints query results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Csv,
+    Json,
 }
 
 /// Replace `${name}` with each parameter's value; a `${...}` left over is an error that names it.
@@ -352,12 +364,12 @@ async fn load_demo(engine: &Engine, scale: f64) -> Result<(), String> {
         LOAD_SQL,
         &[format!("data={}", dir.display()), "format=csv".to_string()],
     )?;
-    run_script(engine, &script, false).await?;
+    run_script(engine, &script, None).await?;
     println!("Demo data loaded into schema music:");
     run_script(
         engine,
         "SELECT count(*) AS plays, count(DISTINCT user_id) AS listeners, count(DISTINCT play_date) AS days FROM music.plays",
-        true,
+        Some(Output::Table),
     )
     .await?;
     Ok(())
@@ -373,18 +385,18 @@ async fn sql(args: SqlArgs) -> Result<(), String> {
     match &args.connect {
         Some(url) => {
             let password = args.password.clone().ok_or("--connect needs --password or STREAMPULSE_PASSWORD")?;
-            run_remote(url, &args.user, &password, &script).await
+            run_remote(url, &args.user, &password, &script, args.format).await
         }
         None => {
             let (engine, _) = open_engine(&args.warehouse).await?;
-            run_script(&engine, &script, true).await
+            run_script(&engine, &script, Some(args.format)).await
         }
     }
 }
 
-/// Run every statement of a script in one session, printing results when `print` is set.
-/// Stops at the first failing statement and says which one it was.
-pub async fn run_script(engine: &Engine, script: &str, print: bool) -> Result<(), String> {
+/// Run every statement of a script in one session, printing results in `print`'s format when
+/// given. Stops at the first failing statement and says which one it was.
+pub async fn run_script(engine: &Engine, script: &str, print: Option<Output>) -> Result<(), String> {
     let ctx = engine.session();
     let statements = engine.parse(script).map_err(|e| e.to_string())?;
     for (i, (text, statement)) in statements.into_iter().enumerate() {
@@ -395,17 +407,14 @@ pub async fn run_script(engine: &Engine, script: &str, print: bool) -> Result<()
                 let physical = engine.physical_plan(&ctx, plan).await.map_err(|e| fail(e.to_string()))?;
                 let stream = engine.execute(&ctx, physical).map_err(|e| fail(e.to_string()))?;
                 let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| fail(e.to_string()))?;
-                if print {
-                    print_batches(&batches)?;
+                if let Some(format) = print {
+                    print_batches(&batches, format)?;
                 }
             }
             other => {
                 let count = engine.run_command(&ctx, other).await.map_err(|e| fail(e.to_string()))?;
-                if print {
-                    match count {
-                        Some(n) => println!("{n} row(s) affected"),
-                        None => println!("OK"),
-                    }
+                if let Some(format) = print {
+                    print_status(count, format);
                 }
             }
         }
@@ -418,18 +427,44 @@ fn abbreviate(sql: &str) -> String {
     if one_line.chars().count() > 200 { format!("{}...", one_line.chars().take(200).collect::<String>()) } else { one_line }
 }
 
-fn print_batches(batches: &[RecordBatch]) -> Result<(), String> {
+fn print_status(count: Option<u64>, format: Output) {
+    let status = match count {
+        Some(n) => format!("{n} row(s) affected"),
+        None => "OK".to_string(),
+    };
+    match format {
+        Output::Table => println!("{status}"),
+        Output::Csv | Output::Json => eprintln!("{status}"),
+    }
+}
+
+fn print_batches(batches: &[RecordBatch], format: Output) -> Result<(), String> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     if batches.first().is_none_or(|b| b.num_columns() == 0) {
-        println!("OK");
+        print_status(None, format);
         return Ok(());
     }
-    println!("{}", pretty_format_batches(batches).map_err(|e| e.to_string())?);
-    println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+    match format {
+        Output::Table => {
+            println!("{}", pretty_format_batches(batches).map_err(|e| e.to_string())?);
+            println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+        }
+        Output::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(std::io::stdout().lock());
+            for batch in batches {
+                writer.write(batch).map_err(|e| e.to_string())?;
+            }
+        }
+        Output::Json => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(std::io::stdout().lock());
+            writer.write_batches(&batches.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+            writer.finish().map_err(|e| e.to_string())?;
+        }
+    }
     Ok(())
 }
 
-async fn run_remote(url: &str, user: &str, password: &str, script: &str) -> Result<(), String> {
+async fn run_remote(url: &str, user: &str, password: &str, script: &str, format: Output) -> Result<(), String> {
     let endpoint = url.replacen("grpc://", "http://", 1).replacen("grpc+tcp://", "http://", 1);
     let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
         .map_err(|e| format!("bad server address {url}: {e}"))?
@@ -450,7 +485,7 @@ async fn run_remote(url: &str, user: &str, password: &str, script: &str) -> Resu
             let mut part: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| fail(e.to_string()))?;
             batches.append(&mut part);
         }
-        print_batches(&batches)?;
+        print_batches(&batches, format)?;
     }
     Ok(())
 }
