@@ -332,47 +332,120 @@ async fn shutdown_signal() {
 /// The script that loads a generated folder (also usable by hand, see README).
 const LOAD_SQL: &str = include_str!("../../sql/load_generated.sql");
 
-/// Generate (once) and load the demo dataset into a local warehouse.
+/// The pipelines, embedded so that `serve --demo` runs the same scripts as `sql -f`.
+const PIPELINE_A: &str = include_str!("../../sql/pipelines/a_daily_play_counts.sql");
+const PIPELINE_B: &str = include_str!("../../sql/pipelines/b_recommendations.sql");
+const PIPELINE_D: &str = include_str!("../../sql/pipelines/d_royalties.sql");
+const PIPELINE_E: &str = include_str!("../../sql/pipelines/e_ab_analytics.sql");
+
+/// Generate (once) and load the demo dataset into a local warehouse, run pipelines A, B, D
+/// and E on it (once), and print a short summary of each output.
 async fn load_demo(engine: &Engine, scale: f64) -> Result<(), String> {
-    if engine.catalog().snapshot().table("music", "plays").is_some() {
+    let has = |table: &str| engine.catalog().snapshot().table("music", table).is_some();
+    if has("plays") {
         info!("demo data already loaded");
-        return Ok(());
+    } else {
+        let root = engine.catalog().warehouse().root().clone();
+        let dir = root
+            .to_file_path()
+            .map_err(|()| "--demo needs a local warehouse folder".to_string())?
+            .join("_landing")
+            .join(format!("demo-sf{scale}"));
+        if !dir.join("manifest.json").exists() {
+            println!("Generating the demo dataset (SF {scale}) into {} ...", dir.display());
+            let config = streampulse_bench::datagen::Config {
+                scale,
+                out: dir.clone(),
+                format: streampulse_bench::datagen::Format::Csv,
+                seed: 42,
+                event_days: 2,
+                dirty_fraction: 0.0,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            tokio::task::spawn_blocking(move || streampulse_bench::datagen::generate(&config))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        let script = substitute_params(LOAD_SQL, &[format!("data={}", dir.display()), "format=csv".to_string()])?;
+        let started = std::time::Instant::now();
+        run_script(engine, &script, None).await?;
+        println!("Demo data loaded into schema music in {:.1} s:", started.elapsed().as_secs_f64());
+        run_script(
+            engine,
+            "SELECT count(*) AS plays, count(DISTINCT user_id) AS listeners, count(DISTINCT play_date) AS days FROM music.plays",
+            Some(Output::Table),
+        )
+        .await?;
     }
-    let root = engine.catalog().warehouse().root().clone();
-    let dir = root
-        .to_file_path()
-        .map_err(|()| "--demo needs a local warehouse folder".to_string())?
-        .join("_landing")
-        .join(format!("demo-sf{scale}"));
-    if !dir.join("manifest.json").exists() {
-        println!("Generating the demo dataset (SF {scale}) into {} ...", dir.display());
-        let config = streampulse_bench::datagen::Config {
-            scale,
-            out: dir.clone(),
-            format: streampulse_bench::datagen::Format::Csv,
-            seed: 42,
-            event_days: 2,
-            dirty_fraction: 0.0,
-            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        };
-        tokio::task::spawn_blocking(move || streampulse_bench::datagen::generate(&config))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+    let days = query_column(engine, "SELECT DISTINCT CAST(play_date AS VARCHAR) FROM music.plays ORDER BY 1").await?;
+    let (Some(first), Some(last)) = (days.first(), days.last()) else {
+        return Err("the demo's music.plays is empty".into());
+    };
+    let month = first[..7].to_string();
+    let steps: [(&str, &str, Vec<Vec<String>>, &str); 4] = [
+        (
+            "daily_play_counts",
+            PIPELINE_A,
+            days.iter().map(|d| vec![format!("run_date={d}")]).collect(),
+            "SELECT song_id, artist_id, sum(plays) AS plays, sum(listeners) AS listener_days, sum(skips) AS skips \
+             FROM music.daily_play_counts GROUP BY song_id, artist_id ORDER BY plays DESC, song_id LIMIT 5",
+        ),
+        (
+            "recommendations",
+            PIPELINE_B,
+            vec![vec![format!("run_date={last}")]],
+            "SELECT r.user_id, r.rank, r.song_id, s.genre, round(r.score, 4) AS score, \
+                    (SELECT count(DISTINCT user_id) FROM music.recommendations) AS users_with_recommendations \
+             FROM music.recommendations r JOIN music.songs s ON s.song_id = r.song_id \
+             WHERE r.user_id = (SELECT min(user_id) FROM music.recommendations) AND r.rank <= 5 ORDER BY r.rank",
+        ),
+        (
+            "royalties",
+            PIPELINE_D,
+            vec![vec![format!("month={month}")]],
+            "SELECT month, model, count(artist_id) AS artists, sum(amount_cents) AS total_cents, \
+                    sum(CASE WHEN artist_id IS NULL THEN amount_cents ELSE 0 END) AS unallocated_cents, \
+                    max(amount_cents) FILTER (WHERE artist_id IS NOT NULL) AS top_artist_cents \
+             FROM music.royalties GROUP BY month, model ORDER BY month, model",
+        ),
+        (
+            "experiment_results",
+            PIPELINE_E,
+            vec![vec![]],
+            "SELECT experiment_id, variant, metric, users, round(value, 4) AS value, round(lift, 4) AS lift, \
+                    round(p_value, 6) AS p_value FROM music.experiment_results ORDER BY experiment_id, metric, variant",
+        ),
+    ];
+    for (table, script, runs, summary) in steps {
+        if !has(table) {
+            let started = std::time::Instant::now();
+            for params in &runs {
+                run_script(engine, &substitute_params(script, params)?, None).await?;
+            }
+            println!(
+                "Pipeline -> music.{table}: {} run(s) in {:.1} s",
+                runs.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        println!("music.{table}:");
+        run_script(engine, summary, Some(Output::Table)).await?;
     }
-    let script = substitute_params(
-        LOAD_SQL,
-        &[format!("data={}", dir.display()), "format=csv".to_string()],
-    )?;
-    run_script(engine, &script, None).await?;
-    println!("Demo data loaded into schema music:");
-    run_script(
-        engine,
-        "SELECT count(*) AS plays, count(DISTINCT user_id) AS listeners, count(DISTINCT play_date) AS days FROM music.plays",
-        Some(Output::Table),
-    )
-    .await?;
     Ok(())
+}
+
+/// The first column of a query's result, as strings.
+async fn query_column(engine: &Engine, sql: &str) -> Result<Vec<String>, String> {
+    let ctx = engine.session();
+    let batches = ctx.sql(sql).await.map_err(|e| e.to_string())?.collect().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for batch in batches {
+        let column = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8).map_err(|e| e.to_string())?;
+        let strings = column.as_any().downcast_ref::<arrow::array::StringArray>().ok_or("expected strings")?;
+        out.extend(strings.iter().flatten().map(str::to_string));
+    }
+    Ok(out)
 }
 
 async fn sql(args: SqlArgs) -> Result<(), String> {

@@ -13,11 +13,13 @@
 //! | `ab_bucket(user_id, salt, buckets)` | scalar | [`experiments`] |
 //! | `two_proportion_z_test(x_t, n_t, x_c, n_c [, confidence])` | scalar → struct | [`experiments`] |
 //! | `welch_t_test(m_t, v_t, n_t, m_c, v_c, n_c [, confidence])` | scalar → struct | [`experiments`] |
+//! | `top_k_nearest(users_sql, items_sql, k [, metric])` | table | [`nearest`] |
 //!
 //! Euclidean distance is DataFusion's `array_distance` (DuckDB's name already).
 
 pub mod allocation;
 pub mod experiments;
+pub mod nearest;
 pub mod similarity;
 mod util;
 pub mod weighted_avg;
@@ -62,6 +64,7 @@ pub fn register_all(ctx: &SessionContext) -> Result<()> {
     for f in window_functions() {
         ctx.register_udwf(f);
     }
+    ctx.register_udtf("top_k_nearest", std::sync::Arc::new(nearest::TopKNearestFunction));
     Ok(())
 }
 
@@ -88,6 +91,7 @@ pub fn reference_markdown() -> String {
             docs.push((format!("`{}`", f.name()), d.clone()));
         }
     }
+    docs.push(("`top_k_nearest`".to_string(), nearest::TopKNearestFunction::documentation().clone()));
     docs.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = String::new();
     for (name, d) in docs {
