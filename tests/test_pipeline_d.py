@@ -4,10 +4,15 @@ SQL (its own largest-remainder split) on the same raw CSV files. The invariant â
 model sums to the month's revenue to the cent â€” is checked separately, on a case with money that
 has nothing to split by."""
 
+import sys
+
 import duckdb
 import pytest
 
 from conftest import ADMIN_PASSWORD, ROOT, Server, generate_and_load, run_cli
+
+sys.path.insert(0, str(ROOT / "bench"))
+import peers  # noqa: E402  (DuckDB's own SQL for pipeline D, shared with the benchmark)
 
 SCRIPT = str(ROOT / "sql" / "pipelines" / "d_royalties.sql")
 MONTH = "2026-10"
@@ -45,51 +50,12 @@ def _ours(wh):
 def _oracle(data):
     con = duckdb.connect()
     con.execute(f"""
-        CREATE VIEW plays AS SELECT * FROM read_csv('{data}/plays/*.csv', header = true);
-        CREATE VIEW subs AS SELECT * FROM read_csv('{data}/subscriptions.csv', header = true);
         CREATE TABLE ads AS SELECT * FROM read_csv('{data}/ad_revenue.csv', header = true);
         INSERT INTO ads VALUES ('NZ', DATE '2026-10-07', 4242);
     """)
-    # Hamilton's method in plain SQL: floor share, then one more cent to the largest remainders
-    # (ties to the lower artist); HUGEINT keeps amount * weight exact.
-    split = """
-        SELECT pool, artist_id, amount, weight,
-               (CAST(amount AS HUGEINT) * weight) // total
-               + CASE WHEN row_number() OVER (PARTITION BY pool ORDER BY (CAST(amount AS HUGEINT) * weight) % total DESC,
-                                              artist_id)
-                           <= amount - sum((CAST(amount AS HUGEINT) * weight) // total) OVER (PARTITION BY pool)
-                      THEN 1 ELSE 0 END AS share
-        FROM (SELECT *, sum(weight) OVER (PARTITION BY pool) AS total FROM {src})
-    """
-    return con.execute(f"""
-        WITH q AS (
-            SELECT user_id, artist_id, country, ms_played FROM plays
-            WHERE ms_played >= 30000
-              AND CAST(timezone('UTC', CAST(played_at AS TIMESTAMPTZ)) AS DATE) BETWEEN DATE '2026-10-01' AND DATE '2026-10-31'
-        ),
-        sub AS (SELECT user_id, country, sum(amount_cents) AS amount FROM subs GROUP BY ALL),
-        ad AS (SELECT country, sum(amount_cents) AS amount FROM ads GROUP BY ALL),
-        pool AS (SELECT country, sum(amount) AS amount FROM (FROM sub SELECT country, amount UNION ALL FROM ad) GROUP BY ALL),
-        ca AS (SELECT country, artist_id, count(*) AS streams FROM q GROUP BY ALL),
-        ua AS (SELECT user_id, artist_id, sum(ms_played) AS ms FROM q GROUP BY ALL),
-        pr_in AS (SELECT p.country AS pool, ca.artist_id, p.amount, ca.streams AS weight FROM pool p JOIN ca USING (country)),
-        ad_in AS (SELECT a.country AS pool, ca.artist_id, a.amount, ca.streams AS weight FROM ad a JOIN ca USING (country)),
-        uc_in AS (SELECT s.user_id AS pool, ua.artist_id, s.amount, ua.ms AS weight FROM sub s JOIN ua USING (user_id)),
-        alloc AS (
-            SELECT 'pro_rata' AS model, artist_id, share FROM ({split.format(src="pr_in")})
-            UNION ALL SELECT 'user_centric', artist_id, share FROM ({split.format(src="ad_in")})
-            UNION ALL SELECT 'user_centric', artist_id, share FROM ({split.format(src="uc_in")})
-            -- nothing to split by: the whole pool, unallocated
-            UNION ALL SELECT 'pro_rata', NULL, amount FROM pool WHERE country NOT IN (SELECT country FROM ca)
-            UNION ALL SELECT 'user_centric', NULL, amount FROM ad WHERE country NOT IN (SELECT country FROM ca)
-            UNION ALL SELECT 'user_centric', NULL, amount FROM sub WHERE user_id NOT IN (SELECT user_id FROM ua)
-        ),
-        streams AS (SELECT artist_id, count(*) AS n FROM q GROUP BY ALL)
-        SELECT '2026-10-01', model, a.artist_id, CAST(sum(share) AS BIGINT), coalesce(max(s.n), 0)
-        FROM alloc a LEFT JOIN streams s USING (artist_id)
-        GROUP BY model, a.artist_id
-        ORDER BY model, a.artist_id NULLS FIRST
-    """).fetchall()
+    sql = peers.duckdb_royalties_sql(f"read_csv('{data}/plays/*.csv', header = true)",
+                                     f"read_csv('{data}/subscriptions.csv', header = true)", "ads", MONTH)
+    return con.execute(sql).fetchall()
 
 
 def test_pipeline_d_matches_duckdb(pipeline_d):

@@ -20,7 +20,8 @@
 //! threshold test, so the hot loop is a GEMM and a compare. Candidates are then rescored in f64
 //! and ordered by (score desc, item id asc), so results are exact and deterministic; f32 only
 //! chooses the candidates, with [`SLACK`] extra places to absorb its rounding. The CPU work runs
-//! on tokio's blocking pool, one task per batch, so partitions use every core without stalling
+//! on tokio's blocking pool, one task per batch and up to `target_partitions` batches in flight
+//! per partition, so even a one-file user table uses every core without stalling
 //! the server's request threads.
 
 use std::collections::HashMap;
@@ -41,16 +42,16 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Documentation, Expr, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
-/// Users multiplied at once: one block's score tile is `USER_BLOCK x ITEM_TILE` f32 (2 MiB).
-pub const USER_BLOCK: usize = 128;
+/// Users multiplied at once: one block's score tile is `USER_BLOCK x ITEM_TILE` f32 (256 KiB,
+/// so it stays in L2 between the multiply that writes it and the scan that reads it).
+pub const USER_BLOCK: usize = 64;
 /// Items per tile of the multiply.
-pub const ITEM_TILE: usize = 4096;
+pub const ITEM_TILE: usize = 1024;
 /// Extra candidates kept per user from the f32 pass before the exact f64 rescoring.
 pub const SLACK: usize = 8;
 /// Largest `k` accepted.
@@ -224,7 +225,7 @@ impl TableProvider for TopKNearestTable {
         let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
             return plan_err!("{NAME} needs a DataFusion SessionState to plan its queries");
         };
-        let mut users = plan_query(session, &self.users_sql, "users").await?;
+        let users = plan_query(session, &self.users_sql, "users").await?;
         let items = plan_query(session, &self.items_sql, "items").await?;
         let (us, is) = (users.schema(), items.schema());
         if !(2..=3).contains(&us.fields().len()) {
@@ -242,10 +243,6 @@ impl TableProvider for TopKNearestTable {
                 DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) if f.data_type().is_integer() => {}
                 other => return plan_err!("{NAME}: the users query's third column ({}) must be a list of item ids, got {other}", excluded.name()),
             }
-        }
-        let target = session.config().target_partitions();
-        if users.output_partitioning().partition_count() < target {
-            users = Arc::new(RepartitionExec::try_new(users, Partitioning::RoundRobinBatch(target))?);
         }
         Ok(Arc::new(TopKNearestExec::new(users, items, self.k, self.metric, projection.cloned())))
     }
@@ -340,7 +337,10 @@ impl ExecutionPlan for TopKNearestExec {
                 .get_or_try_init(|| load_items(items_plan, Arc::clone(&context), metric))
                 .await
                 .map(Arc::clone)?;
-            let scored = users.then(move |batch| {
+            // Several batches in flight per partition: a scan's partitions follow files and row
+            // groups, so a one-file user table would otherwise be scored on one core.
+            let in_flight = context.session_config().target_partitions().max(1);
+            let scored = users.map(move |batch| {
                 let items = Arc::clone(&items);
                 let projection = projection.clone();
                 async move {
@@ -353,7 +353,8 @@ impl ExecutionPlan for TopKNearestExec {
                         None => Ok(out),
                     }
                 }
-            });
+            })
+            .buffered(in_flight);
             Ok::<_, DataFusionError>(scored)
         })
         .try_flatten();
@@ -475,19 +476,26 @@ impl Candidates {
         if self.best.len() < self.capacity { f32::NEG_INFINITY } else { self.best[self.capacity - 1].0 }
     }
 
-    /// Offer a tile of scores for items `first..first + scores.len()`.
+    /// Offer a tile of scores for items `first..first + scores.len()`. Most chunks of 16 scores
+    /// hold nothing above the threshold: their maximum (a vectorised reduction) rules them out
+    /// without a branch per score.
     fn offer(&mut self, scores: &[f32], first: usize, excluded: &[u32]) {
         let mut threshold = self.threshold();
-        for (j, &s) in scores.iter().enumerate() {
-            if s > threshold {
-                let item = (first + j) as u32;
-                if excluded.binary_search(&item).is_ok() {
-                    continue;
+        for (c, chunk) in scores.chunks(16).enumerate() {
+            if chunk.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) <= threshold {
+                continue;
+            }
+            for (j, &s) in chunk.iter().enumerate() {
+                if s > threshold {
+                    let item = (first + c * 16 + j) as u32;
+                    if excluded.binary_search(&item).is_ok() {
+                        continue;
+                    }
+                    let at = self.best.partition_point(|(b, _)| *b >= s);
+                    self.best.insert(at, (s, item));
+                    self.best.truncate(self.capacity);
+                    threshold = self.threshold();
                 }
-                let at = self.best.partition_point(|(b, _)| *b >= s);
-                self.best.insert(at, (s, item));
-                self.best.truncate(self.capacity);
-                threshold = self.threshold();
             }
         }
     }

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""The same pipelines computed by peer engines on the same generated files, one per process so
+that bench/pipelines.py can measure each one's wall time and peak RSS.
+
+    python3 bench/peers.py <peer> <pipeline> --data DIR [--run-date D] [--month YYYY-MM]
+
+peer/pipeline pairs: duckdb A|D|E, polars A, pandas A|E, numpy B. Definitions are those of
+sql/pipelines/*.sql (see each script's header). Each prints one line: rows produced, and for D
+the per-model totals, so a run can be checked against ours.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def source(data: Path, name: str) -> str:
+    fmt = json.loads((data / "manifest.json").read_text())["format"]
+    reader = "read_csv" if fmt == "csv" else "read_parquet"
+    path = data / name
+    return f"{reader}('{path}/*.{fmt}')" if path.is_dir() else f"{reader}('{path}.{fmt}')"
+
+
+def plays_files(data: Path):
+    fmt = json.loads((data / "manifest.json").read_text())["format"]
+    return sorted((data / "plays").glob(f"*.{fmt}")), fmt
+
+
+# ---------------------------------------------------------------- A: daily play counts, all days
+
+DUCKDB_A = """
+    SELECT CAST(timezone('UTC', CAST(played_at AS TIMESTAMPTZ)) AS DATE) AS play_date, song_id, artist_id,
+           count(*) AS plays, count(DISTINCT user_id) AS listeners,
+           CAST(sum(ms_played) AS BIGINT) AS ms_played, CAST(sum(CASE WHEN skipped THEN 1 ELSE 0 END) AS BIGINT) AS skips
+    FROM {plays}
+    GROUP BY ALL
+"""
+
+
+def duckdb_a(data: Path, **_):
+    import duckdb
+    return duckdb.sql(f"SELECT count(*) FROM ({DUCKDB_A.format(plays=source(data, 'plays'))})").fetchall()[0][0]
+
+
+def polars_a(data: Path, **_):
+    import polars as pl
+    files, fmt = plays_files(data)
+    scan = pl.scan_parquet(files) if fmt == "parquet" else pl.scan_csv(files, try_parse_dates=True)
+    out = (
+        scan.select("user_id", "song_id", "artist_id", "played_at", "ms_played", "skipped")
+        .with_columns(pl.col("played_at").dt.replace_time_zone(None).dt.date().alias("play_date"))
+        .group_by("play_date", "song_id", "artist_id")
+        .agg(pl.len().alias("plays"), pl.col("user_id").n_unique().alias("listeners"),
+             pl.col("ms_played").sum(), pl.col("skipped").cast(pl.Int64).sum().alias("skips"))
+        .collect()
+    )
+    return out.height
+
+
+def pandas_a(data: Path, **_):
+    import pandas as pd
+    files, fmt = plays_files(data)
+    cols = ["user_id", "song_id", "artist_id", "played_at", "ms_played", "skipped"]
+    read = (lambda f: pd.read_parquet(f, columns=cols)) if fmt == "parquet" else (lambda f: pd.read_csv(f, usecols=cols))
+    plays = pd.concat((read(f) for f in files), ignore_index=True)
+    plays["play_date"] = pd.to_datetime(plays["played_at"], utc=True).dt.date
+    out = plays.groupby(["play_date", "song_id", "artist_id"]).agg(
+        plays=("user_id", "size"), listeners=("user_id", "nunique"), ms_played=("ms_played", "sum"), skips=("skipped", "sum"))
+    return len(out)
+
+
+# ---------------------------------------------------------------- B: recommendations
+
+FEATURES = ["tempo", "energy", "danceability", "valence", "acousticness", "instrumentalness", "speechiness", "liveness"]
+
+
+def numpy_b(data: Path, run_date: str, **_):
+    """Exact top-10 for every active user with batched BLAS matrix products (numpy), the way a
+    careful pandas user would vectorise the audit's loop. DuckDB reads and aggregates the plays."""
+    import duckdb
+    songs = duckdb.sql(f"SELECT song_id, {', '.join(FEATURES)} FROM {source(data, 'songs')} ORDER BY song_id").df()
+    x = songs[FEATURES].to_numpy(dtype=np.float64)
+    vectors = (x - x.mean(axis=0)) / x.std(axis=0)
+    unit = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    position = {s: i for i, s in enumerate(songs["song_id"].to_numpy())}
+    per_song = duckdb.sql(f"""
+        WITH p AS (SELECT user_id, song_id, ms_played, CAST(timezone('UTC', CAST(played_at AS TIMESTAMPTZ)) AS DATE) AS day
+                   FROM {source(data, 'plays')})
+        SELECT user_id, song_id,
+               sum(CASE WHEN day > DATE '{run_date}' - INTERVAL 30 DAY THEN ms_played ELSE 0 END) AS recent_ms
+        FROM p WHERE day <= DATE '{run_date}' GROUP BY ALL ORDER BY user_id
+    """).df()
+    users = per_song["user_id"].to_numpy()
+    idx = np.fromiter((position[s] for s in per_song["song_id"].to_numpy()), dtype=np.int64, count=len(per_song))
+    w = per_song["recent_ms"].to_numpy(dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
+    sums = np.add.reduceat(w[:, None] * vectors[idx], starts, axis=0)
+    weights = np.add.reduceat(w, starts)
+    active = weights > 0
+    taste = sums[active] / weights[active, None]
+    taste = (taste / np.linalg.norm(taste, axis=1, keepdims=True)).astype(np.float32)
+    starts, ends = starts[active], ends[active]
+    rows = 0
+    for b in range(0, len(taste), 1024):
+        scores = taste[b:b + 1024] @ unit.T
+        for r in range(scores.shape[0]):
+            scores[r, idx[starts[b + r]:ends[b + r]]] = -np.inf
+        top = np.argpartition(-scores, 10, axis=1)[:, :10]
+        rows += top.size
+    return rows
+
+
+# ---------------------------------------------------------------- D: royalties
+
+# Hamilton's method in plain SQL: floor share, one more cent to the largest remainders (ties to
+# the lower artist); HUGEINT keeps amount * weight exact.
+_SPLIT = """
+    SELECT pool, artist_id, amount, weight,
+           (CAST(amount AS HUGEINT) * weight) // total
+           + CASE WHEN row_number() OVER (PARTITION BY pool ORDER BY (CAST(amount AS HUGEINT) * weight) % total DESC, artist_id)
+                       <= amount - sum((CAST(amount AS HUGEINT) * weight) // total) OVER (PARTITION BY pool)
+                  THEN 1 ELSE 0 END AS share
+    FROM (SELECT *, sum(weight) OVER (PARTITION BY pool) AS total FROM {src})
+"""
+
+
+def duckdb_royalties_sql(plays: str, subs: str, ads: str, month: str) -> str:
+    """Pipeline D's definitions in DuckDB's own SQL; returns (month, model, artist_id, amount_cents, streams)."""
+    first = f"DATE '{month}-01'"
+    return f"""
+        WITH q AS (
+            SELECT user_id, artist_id, country, ms_played FROM {plays}
+            WHERE ms_played >= 30000
+              AND CAST(timezone('UTC', CAST(played_at AS TIMESTAMPTZ)) AS DATE) >= {first}
+              AND CAST(timezone('UTC', CAST(played_at AS TIMESTAMPTZ)) AS DATE) < {first} + INTERVAL 1 MONTH
+        ),
+        sub AS (SELECT user_id, country, sum(amount_cents) AS amount FROM {subs} WHERE month = {first} GROUP BY ALL),
+        ad AS (SELECT country, sum(amount_cents) AS amount FROM {ads}
+               WHERE day >= {first} AND day < {first} + INTERVAL 1 MONTH GROUP BY ALL),
+        pool AS (SELECT country, sum(amount) AS amount FROM (FROM sub SELECT country, amount UNION ALL FROM ad) GROUP BY ALL),
+        ca AS (SELECT country, artist_id, count(*) AS streams FROM q GROUP BY ALL),
+        ua AS (SELECT user_id, artist_id, sum(ms_played) AS ms FROM q GROUP BY ALL),
+        pr_in AS (SELECT p.country AS pool, ca.artist_id, p.amount, ca.streams AS weight FROM pool p JOIN ca USING (country)),
+        ad_in AS (SELECT a.country AS pool, ca.artist_id, a.amount, ca.streams AS weight FROM ad a JOIN ca USING (country)),
+        uc_in AS (SELECT s.user_id AS pool, ua.artist_id, s.amount, ua.ms AS weight FROM sub s JOIN ua USING (user_id)),
+        alloc AS (
+            SELECT 'pro_rata' AS model, artist_id, share FROM ({_SPLIT.format(src="pr_in")})
+            UNION ALL SELECT 'user_centric', artist_id, share FROM ({_SPLIT.format(src="ad_in")})
+            UNION ALL SELECT 'user_centric', artist_id, share FROM ({_SPLIT.format(src="uc_in")})
+            -- nothing to split by: the whole pool, unallocated
+            UNION ALL SELECT 'pro_rata', NULL, amount FROM pool WHERE country NOT IN (SELECT country FROM ca)
+            UNION ALL SELECT 'user_centric', NULL, amount FROM ad WHERE country NOT IN (SELECT country FROM ca)
+            UNION ALL SELECT 'user_centric', NULL, amount FROM sub WHERE user_id NOT IN (SELECT user_id FROM ua)
+        ),
+        streams AS (SELECT artist_id, count(*) AS n FROM q GROUP BY ALL)
+        SELECT CAST({first} AS VARCHAR) AS month, model, a.artist_id, CAST(sum(share) AS BIGINT) AS amount_cents,
+               coalesce(max(s.n), 0) AS streams
+        FROM alloc a LEFT JOIN streams s USING (artist_id)
+        GROUP BY model, a.artist_id
+        ORDER BY model, a.artist_id NULLS FIRST
+    """
+
+
+def duckdb_d(data: Path, month: str, **_):
+    import duckdb
+    sql = duckdb_royalties_sql(source(data, "plays"), source(data, "subscriptions"), source(data, "ad_revenue"), month)
+    return duckdb.sql(f"SELECT model, count(*), sum(amount_cents) FROM ({sql}) GROUP BY model ORDER BY model").fetchall()
+
+
+# ---------------------------------------------------------------- E: A/B analytics
+
+DUCKDB_E_PER_USER = """
+    SELECT e.experiment_id, p.user_id,
+           CASE WHEN CAST(('0x' || left(sha256(e.salt || ':' || CAST(p.user_id AS VARCHAR)), 16)) AS UBIGINT) % 100 >= 50
+                THEN 'treatment' ELSE 'control' END AS variant,
+           count(*) AS plays, sum(CASE WHEN p.skipped THEN 1 ELSE 0 END) AS skips, sum(p.ms_played) AS ms
+    FROM {plays} p, {experiments} e
+    WHERE CAST(timezone('UTC', CAST(p.played_at AS TIMESTAMPTZ)) AS DATE) BETWEEN e.start_date AND e.end_date
+    GROUP BY ALL
+"""
+
+
+def duckdb_e(data: Path, **_):
+    import duckdb
+    from scipy import stats
+    per_user = duckdb.sql(DUCKDB_E_PER_USER.format(plays=source(data, "plays"), experiments=source(data, "experiments"))).df()
+    return _e_tests(per_user, stats)
+
+
+def pandas_e(data: Path, **_):
+    import hashlib
+
+    import pandas as pd
+    from scipy import stats
+    files, fmt = plays_files(data)
+    cols = ["user_id", "played_at", "ms_played", "skipped"]
+    read = (lambda f: pd.read_parquet(f, columns=cols)) if fmt == "parquet" else (lambda f: pd.read_csv(f, usecols=cols))
+    plays = pd.concat((read(f) for f in files), ignore_index=True)
+    plays["day"] = pd.to_datetime(plays["played_at"], utc=True).dt.strftime("%Y-%m-%d")
+    reader = pd.read_parquet if fmt == "parquet" else pd.read_csv
+    experiments = reader(data / f"experiments.{fmt}")
+    frames = []
+    for _, e in experiments.iterrows():
+        window = plays[(plays["day"] >= str(e["start_date"])[:10]) & (plays["day"] <= str(e["end_date"])[:10])]
+        per_user = window.groupby("user_id").agg(plays=("day", "size"), skips=("skipped", "sum"), ms=("ms_played", "sum")).reset_index()
+        salt = e["salt"]
+        per_user["variant"] = ["treatment" if int.from_bytes(hashlib.sha256(f"{salt}:{u}".encode()).digest()[:8], "big") % 100 >= 50
+                               else "control" for u in per_user["user_id"]]
+        per_user["experiment_id"] = e["experiment_id"]
+        frames.append(per_user)
+    return _e_tests(pd.concat(frames), stats)
+
+
+def _e_tests(per_user, stats):
+    out = 0
+    for _, g in per_user.groupby("experiment_id"):
+        t, c = g[g.variant == "treatment"], g[g.variant == "control"]
+        for metric in ("plays", "ms"):
+            stats.ttest_ind(t[metric], c[metric], equal_var=False)
+            out += 2
+        out += 2  # skip rate: a closed form over the sums
+    return out
+
+
+PEERS = {
+    ("duckdb", "A"): duckdb_a, ("polars", "A"): polars_a, ("pandas", "A"): pandas_a,
+    ("numpy", "B"): numpy_b,
+    ("duckdb", "D"): duckdb_d,
+    ("duckdb", "E"): duckdb_e, ("pandas", "E"): pandas_e,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("peer")
+    ap.add_argument("pipeline")
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--run-date", default="2026-10-30")
+    ap.add_argument("--month", default="2026-10")
+    args = ap.parse_args()
+    f = PEERS.get((args.peer, args.pipeline))
+    if f is None:
+        sys.exit(f"no peer {args.peer} for pipeline {args.pipeline}; have {sorted(PEERS)}")
+    print(f(args.data, run_date=args.run_date, month=args.month))
+
+
+if __name__ == "__main__":
+    main()
