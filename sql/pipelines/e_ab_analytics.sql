@@ -13,54 +13,61 @@
 -- Idempotent: the whole table is replaced in one commit, so a rerun never duplicates rows and a
 -- failed run changes nothing.
 --   streampulse sql --warehouse ./warehouse -f sql/pipelines/e_ab_analytics.sql
+-- Written so that each input is read once: DataFusion inlines a CTE at every reference, so the
+-- per-user aggregate is referenced exactly once, the control variant is found with a window
+-- over the four per-variant rows, and the three metrics come from one CROSS JOIN.
 CREATE OR REPLACE TABLE music.experiment_results AS
-WITH assignment AS (
-    SELECT e.experiment_id, e.start_date, e.end_date, u.user_id,
-           CASE WHEN ab_bucket(u.user_id, e.salt, 100) >= 50 THEN 'treatment' ELSE 'control' END AS variant
-    FROM music.experiments e CROSS JOIN music.users u
-),
-per_user AS (
-    SELECT a.experiment_id, a.variant, a.user_id,
+WITH per_user AS (
+    -- aggregate first, hash once per (experiment, user): not once per play
+    SELECT e.experiment_id, e.salt, p.user_id,
            count(*) AS plays,
            sum(CASE WHEN p.skipped THEN 1 ELSE 0 END) AS skips,
            sum(CAST(p.ms_played AS BIGINT)) AS ms
-    FROM assignment a
-    JOIN music.plays p ON p.user_id = a.user_id AND p.play_date BETWEEN a.start_date AND a.end_date
-    GROUP BY a.experiment_id, a.variant, a.user_id
+    FROM music.plays p
+    JOIN music.experiments e ON p.play_date BETWEEN e.start_date AND e.end_date
+    GROUP BY e.experiment_id, e.salt, p.user_id
 ),
 per_variant AS (
-    SELECT experiment_id, variant, count(*) AS users, sum(plays) AS plays, sum(skips) AS skips,
+    SELECT experiment_id,
+           CASE WHEN ab_bucket(user_id, salt, 100) >= 50 THEN 'treatment' ELSE 'control' END AS variant,
+           count(*) AS users, sum(plays) AS plays, sum(skips) AS skips,
            avg(CAST(plays AS DOUBLE)) AS plays_mean, var_samp(CAST(plays AS DOUBLE)) AS plays_var,
            avg(CAST(ms AS DOUBLE)) AS ms_mean, var_samp(CAST(ms AS DOUBLE)) AS ms_var
     FROM per_user
-    GROUP BY experiment_id, variant
+    GROUP BY 1, 2
+),
+with_control AS (
+    SELECT *,
+           first_value(users) OVER control AS c_users, first_value(plays) OVER control AS c_plays,
+           first_value(skips) OVER control AS c_skips,
+           first_value(plays_mean) OVER control AS c_plays_mean, first_value(plays_var) OVER control AS c_plays_var,
+           first_value(ms_mean) OVER control AS c_ms_mean, first_value(ms_var) OVER control AS c_ms_var
+    FROM per_variant
+    WINDOW control AS (PARTITION BY experiment_id ORDER BY CASE WHEN variant = 'control' THEN 0 ELSE 1 END
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 ),
 tested AS (
-    SELECT v.experiment_id, v.variant, v.users, v.plays, v.skips, v.plays_mean, v.ms_mean,
-           v.variant = 'control' AS baseline,
-           two_proportion_z_test(v.skips, v.plays, c.skips, c.plays) AS skip_test,
-           welch_t_test(v.plays_mean, v.plays_var, v.users, c.plays_mean, c.plays_var, c.users) AS plays_test,
-           welch_t_test(v.ms_mean, v.ms_var, v.users, c.ms_mean, c.ms_var, c.users) AS ms_test
-    FROM per_variant v
-    JOIN per_variant c ON c.experiment_id = v.experiment_id AND c.variant = 'control'
+    SELECT experiment_id, variant, users, plays, skips, plays_mean, ms_mean,
+           variant = 'control' AS baseline,
+           two_proportion_z_test(skips, plays, c_skips, c_plays) AS skip_test,
+           welch_t_test(plays_mean, plays_var, users, c_plays_mean, c_plays_var, c_users) AS plays_test,
+           welch_t_test(ms_mean, ms_var, users, c_ms_mean, c_ms_var, c_users) AS ms_test
+    FROM with_control
 )
-SELECT experiment_id, variant, 'skip_rate' AS metric, users, CAST(skips AS DOUBLE) / plays AS value,
-       CASE WHEN baseline THEN NULL ELSE skip_test['lift'] END AS lift,
-       CASE WHEN baseline THEN NULL ELSE skip_test['ci_low'] END AS ci_low,
-       CASE WHEN baseline THEN NULL ELSE skip_test['ci_high'] END AS ci_high,
-       CASE WHEN baseline THEN NULL ELSE skip_test['p_value'] END AS p_value
-FROM tested
-UNION ALL
-SELECT experiment_id, variant, 'plays_per_user', users, plays_mean,
-       CASE WHEN baseline THEN NULL ELSE plays_test['lift'] END,
-       CASE WHEN baseline THEN NULL ELSE plays_test['ci_low'] END,
-       CASE WHEN baseline THEN NULL ELSE plays_test['ci_high'] END,
-       CASE WHEN baseline THEN NULL ELSE plays_test['p_value'] END
-FROM tested
-UNION ALL
-SELECT experiment_id, variant, 'ms_played_per_user', users, ms_mean,
-       CASE WHEN baseline THEN NULL ELSE ms_test['lift'] END,
-       CASE WHEN baseline THEN NULL ELSE ms_test['ci_low'] END,
-       CASE WHEN baseline THEN NULL ELSE ms_test['ci_high'] END,
-       CASE WHEN baseline THEN NULL ELSE ms_test['p_value'] END
-FROM tested;
+SELECT t.experiment_id, t.variant, m.metric, t.users,
+       CASE m.metric WHEN 'skip_rate' THEN CAST(t.skips AS DOUBLE) / t.plays
+                     WHEN 'plays_per_user' THEN t.plays_mean ELSE t.ms_mean END AS value,
+       CASE WHEN t.baseline THEN NULL
+            WHEN m.metric = 'skip_rate' THEN t.skip_test['lift']
+            WHEN m.metric = 'plays_per_user' THEN t.plays_test['lift'] ELSE t.ms_test['lift'] END AS lift,
+       CASE WHEN t.baseline THEN NULL
+            WHEN m.metric = 'skip_rate' THEN t.skip_test['ci_low']
+            WHEN m.metric = 'plays_per_user' THEN t.plays_test['ci_low'] ELSE t.ms_test['ci_low'] END AS ci_low,
+       CASE WHEN t.baseline THEN NULL
+            WHEN m.metric = 'skip_rate' THEN t.skip_test['ci_high']
+            WHEN m.metric = 'plays_per_user' THEN t.plays_test['ci_high'] ELSE t.ms_test['ci_high'] END AS ci_high,
+       CASE WHEN t.baseline THEN NULL
+            WHEN m.metric = 'skip_rate' THEN t.skip_test['p_value']
+            WHEN m.metric = 'plays_per_user' THEN t.plays_test['p_value'] ELSE t.ms_test['p_value'] END AS p_value
+FROM tested t
+CROSS JOIN (VALUES ('skip_rate'), ('plays_per_user'), ('ms_played_per_user')) AS m(metric);
