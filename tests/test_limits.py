@@ -1,9 +1,12 @@
 """Memory: a query that cannot fit fails alone with RESOURCE_EXHAUSTED, and the server stays up."""
 
+import threading
+import time
+
 import pytest
 from adbc_driver_manager import Error
 
-from conftest import Server, adbc_connect
+from conftest import Server, adbc_connect, run_cli
 
 
 def test_query_over_memory_cap_is_resource_exhausted_and_server_survives(tmp_path):
@@ -24,5 +27,143 @@ def test_query_over_memory_cap_is_resource_exhausted_and_server_survives(tmp_pat
         assert cur2.fetchone() == (1000,)
         conn.close()
         assert s.proc.poll() is None
+    finally:
+        s.stop()
+
+
+# A GROUP BY with millions of groups: its hash table spills (sorted runs) when the pool is short.
+MANY_GROUPS = ("SELECT count(*), sum(c) FROM (SELECT value % 3000000 AS k, count(*) AS c "
+               "FROM generate_series(1, 12000000) AS t(value) GROUP BY value % 3000000) AS g")
+
+
+def _spill_files(folder):
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def test_bad_memory_settings_are_refused_clearly(tmp_path):
+    wh = str(tmp_path / "wh")
+    r = run_cli("sql", "--warehouse", wh, "--memory-limit", "1GiB", "--query-memory-limit", "2GiB", "-e", "SELECT 1", check=False)
+    assert r.returncode != 0 and "query memory limit 2GiB is above the memory limit 1GiB" in r.stderr
+    r = run_cli("sql", "--warehouse", wh, "--spill-compression", "brotli", "-e", "SELECT 1", check=False)
+    assert r.returncode != 0 and "uncompressed, lz4_frame or zstd" in r.stderr
+    r = run_cli("sql", "--warehouse", wh, "--spill-max-size", "10%", "-e", "SELECT 1", check=False)
+    assert r.returncode != 0 and "give bytes" in r.stderr
+
+
+def test_spilling_query_reports_its_spills_and_leaves_no_files(tmp_path):
+    spill = tmp_path / "spill"
+    r = run_cli("sql", "--warehouse", str(tmp_path / "wh"), "--memory-limit", "48MiB", "--spill-dir", str(spill),
+                "--stats", "-e", MANY_GROUPS)
+    assert "| 3000000  | 12000000 |" in r.stdout, r.stdout
+    stats = [line for line in r.stderr.splitlines() if line.startswith("-- statement 1:")]
+    assert stats, r.stderr
+    files = int(stats[0].split(" in ")[-1].split(" ")[0])
+    assert files > 0 and "spilled 0 B" not in stats[0], stats[0]  # it did spill, and says how much
+    assert _spill_files(spill) == []  # removed at the end of the query
+
+
+def test_query_over_the_spill_disk_cap_fails_clearly_and_cleans_up(tmp_path):
+    spill = tmp_path / "spill"
+    r = run_cli("sql", "--warehouse", str(tmp_path / "wh"), "--memory-limit", "48MiB", "--spill-dir", str(spill),
+                "--spill-max-size", "2MiB", "-e", MANY_GROUPS, check=False)
+    assert r.returncode != 0
+    assert "--spill-max-size (STREAMPULSE_SPILL_MAX_SIZE)" in r.stderr, r.stderr
+    assert _spill_files(spill) == []
+
+
+def test_per_query_cap_fails_one_query_and_names_the_setting(tmp_path):
+    s = Server(str(tmp_path / "wh"), extra_args=["--memory-limit", "2GiB", "--query-memory-limit", "32MiB"],
+               log_path=str(tmp_path / "server.log")).start()
+    try:
+        conn = adbc_connect(s.uri)
+        cur = conn.cursor()
+        with pytest.raises(Error) as e:
+            cur.execute("SELECT array_agg(value) FROM generate_series(1, 50000000) AS t(value)")
+            cur.fetchall()
+        assert "(ResourceExhausted;" in str(e.value), str(e.value)
+        assert "--query-memory-limit" in str(e.value)  # the setting to change
+        cur2 = conn.cursor()
+        cur2.execute("SELECT 42")
+        assert cur2.fetchone() == (42,)
+        conn.close()
+    finally:
+        s.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert "peak_memory=" in log and "spilled_bytes=" in log  # every statement's cost is logged
+
+
+def test_admission_queue_times_out_then_admits(tmp_path):
+    s = Server(str(tmp_path / "wh"), extra_args=["--max-concurrent-queries", "1", "--queue-timeout", "1s"],
+               log_path=str(tmp_path / "server.log")).start()
+    try:
+        first = adbc_connect(s.uri)
+        cur = first.cursor()
+        cur.execute("SELECT value FROM generate_series(1, 100000000) AS t(value)")
+        reader = cur.fetch_record_batch()
+        reader.read_next_batch()  # the stream is open: it holds the only slot
+        second = adbc_connect(s.uri)
+        with pytest.raises(Error) as e:
+            c2 = second.cursor()
+            c2.execute("SELECT 1")
+            c2.fetchall()
+        assert "server busy" in str(e.value) and "--max-concurrent-queries" in str(e.value), str(e.value)
+        reader.close()
+        cur.close()
+        first.close()
+        deadline = time.time() + 30
+        while True:  # the slot frees when the server sees the stream closed
+            try:
+                c3 = second.cursor()
+                c3.execute("SELECT 1")
+                assert c3.fetchone() == (1,)
+                break
+            except Error:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        second.close()
+    finally:
+        s.stop()
+
+
+def test_eight_heavy_queries_under_a_small_cap(tmp_path):
+    s = Server(str(tmp_path / "wh"), extra_args=["--memory-limit", "256MiB", "--max-concurrent-queries", "12",
+                                                 "--spill-dir", str(tmp_path / "spill")],
+               log_path=str(tmp_path / "server.log")).start()
+    outcomes = []
+    peak = [0]
+
+    def heavy(i):
+        conn = adbc_connect(s.uri)
+        try:
+            cur = conn.cursor()
+            # half spill (GROUP BY), half cannot (array_agg of 20 M values)
+            sql = MANY_GROUPS if i % 2 == 0 else "SELECT cardinality(array_agg(value)) FROM generate_series(1, 20000000) AS t(value)"
+            cur.execute(sql)
+            cur.fetchall()
+            outcomes.append("ok")
+        except Error as e:
+            outcomes.append("exhausted" if "(ResourceExhausted;" in str(e) else f"other: {e}")
+        finally:
+            conn.close()
+
+    try:
+        threads = [threading.Thread(target=heavy, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        simple = adbc_connect(s.uri)
+        while any(t.is_alive() for t in threads):
+            peak[0] = max(peak[0], s.rss_bytes())
+            c = simple.cursor()
+            c.execute("SELECT 1 + 1")
+            assert c.fetchone() == (2,)  # a simple query is served meanwhile
+            time.sleep(0.2)
+        for t in threads:
+            t.join()
+        simple.close()
+        assert s.proc.poll() is None  # never killed
+        assert len(outcomes) == 8 and all(o in ("ok", "exhausted") for o in outcomes), outcomes
+        assert "ok" in outcomes
+        assert _spill_files(tmp_path / "spill") == []
     finally:
         s.stop()

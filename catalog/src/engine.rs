@@ -44,6 +44,7 @@ use object_store::ObjectStoreExt;
 use tracing::{info, warn};
 
 use crate::error::{CatalogError, Result};
+use crate::memory::{MemoryAwareJoinSelection, QueryPool};
 use crate::provider::{Shared, WarehouseCatalog};
 use crate::state::{CatalogState, CatalogStore, DEFAULT_SCHEMA, TableEntry};
 use crate::storage::{S3Config, Warehouse};
@@ -60,8 +61,15 @@ pub struct EngineConfig {
     pub s3: S3Config,
     /// Memory pool size in bytes shared by all queries.
     pub memory_limit: usize,
+    /// Memory one query may reserve (within `memory_limit`); `memory_limit` when `None`.
+    pub query_memory_limit: Option<usize>,
     /// Where operators spill; the OS temp folder when `None`.
     pub spill_dir: Option<PathBuf>,
+    /// Most bytes of spill files alive at once, all queries together; DataFusion's 100 GiB
+    /// default when `None`.
+    pub spill_max_size: Option<u64>,
+    /// Spill file compression: `uncompressed`, `lz4_frame` or `zstd`.
+    pub spill_compression: Option<String>,
     /// Partitions per query; the number of cores when `None`.
     pub target_partitions: Option<usize>,
 }
@@ -73,7 +81,10 @@ impl EngineConfig {
             warehouse: warehouse.into(),
             s3: S3Config::default(),
             memory_limit,
+            query_memory_limit: None,
             spill_dir: None,
+            spill_max_size: None,
+            spill_compression: None,
             target_partitions: None,
         }
     }
@@ -167,6 +178,47 @@ pub struct Engine {
     store: Arc<CatalogStore>,
     base: SessionState,
     memory_limit: usize,
+    /// The server-wide pool every query's [`QueryPool`] draws from.
+    global_pool: Arc<dyn MemoryPool>,
+    query_memory_limit: usize,
+}
+
+/// What one statement cost: its peak reserved memory and what it spilled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// Highest total the statement's operators had reserved in the memory pool, in bytes.
+    pub peak_memory: usize,
+    /// Spill files written.
+    pub spill_count: usize,
+    /// Bytes written to spill files.
+    pub spilled_bytes: usize,
+}
+
+/// Batch size and sort merge reservation for a per-query cap. A plan registers dozens of
+/// spilling operators (each partition of each sort, aggregate and join), and the fair pool gives
+/// each an equal share; under a small cap a share must still hold one batch and a sort must
+/// still reserve room to merge its spills. DataFusion's defaults (8,192 rows, 10 MiB) assume
+/// gigabytes: from 1 GiB down they shrink in proportion, to at least 1,024 rows and 256 KiB.
+pub fn memory_scaled_sizes(query_memory_limit: usize) -> (usize, usize) {
+    const GIB: usize = 1 << 30;
+    let scale = |full: usize, floor: usize| {
+        if query_memory_limit >= GIB { full } else { (full as u128 * query_memory_limit as u128 / GIB as u128) as usize }
+            .max(floor)
+    };
+    (scale(8192, 1024), scale(10 << 20, 256 << 10))
+}
+
+/// Spill files and bytes written by every operator of an executed plan.
+fn plan_spills(plan: &Arc<dyn ExecutionPlan>) -> (usize, usize) {
+    let (mut count, mut bytes) = plan
+        .metrics()
+        .map_or((0, 0), |m| (m.spill_count().unwrap_or(0), m.spilled_bytes().unwrap_or(0)));
+    for child in plan.children() {
+        let (c, b) = plan_spills(child);
+        count += c;
+        bytes += b;
+    }
+    (count, bytes)
 }
 
 impl Engine {
@@ -178,6 +230,7 @@ impl Engine {
         let top_consumers = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
         let pool: Arc<dyn MemoryPool> =
             Arc::new(TrackConsumersPool::new(FairSpillPool::new(config.memory_limit), top_consumers));
+        let query_memory_limit = config.query_memory_limit.unwrap_or(config.memory_limit).min(config.memory_limit);
         let disk = match &config.spill_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| {
@@ -187,8 +240,12 @@ impl Engine {
             }
             None => DiskManagerBuilder::default(),
         };
+        let disk = match config.spill_max_size {
+            Some(bytes) => disk.with_max_temp_directory_size(bytes),
+            None => disk,
+        };
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(pool)
+            .with_memory_pool(Arc::clone(&pool))
             .with_disk_manager_builder(disk)
             .with_object_store_registry(warehouse.object_store_registry())
             .build_arc()?;
@@ -203,15 +260,30 @@ impl Engine {
         // Plain Utf8 everywhere: Delta and older Flight SQL clients do not know the view types.
         session_config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         session_config.options_mut().execution.parquet.schema_force_view_types = false;
+        if let Some(compression) = &config.spill_compression {
+            session_config
+                .options_mut()
+                .set("datafusion.execution.spill_compression", compression)
+                .map_err(|e| CatalogError::Config(format!("spill compression '{compression}': {e}")))?;
+        }
 
         let shared = Shared::new(store.clone());
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog(CATALOG_NAME.to_string(), Arc::new(WarehouseCatalog::new(shared.clone())));
 
+        // The default physical rules, with the memory-aware join choice right after DataFusion's
+        // own join selection (see memory::MemoryAwareJoinSelection).
+        let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+        let at = rules
+            .iter()
+            .position(|r| r.name() == MemoryAwareJoinSelection::AFTER)
+            .map_or(0, |i| i + 1);
+        rules.insert(at, Arc::new(MemoryAwareJoinSelection::new(query_memory_limit)));
         let state = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_physical_optimizer_rules(rules)
             .with_catalog_list(catalogs)
             .build();
         let ctx = SessionContext::new_with_state(state);
@@ -225,13 +297,76 @@ impl Engine {
             .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
             .build();
         let _ = shared.detached.set(detached);
-        info!(warehouse = %warehouse.root(), memory_limit = config.memory_limit, "engine ready");
-        Ok(Self { store, base, memory_limit: config.memory_limit })
+        info!(
+            warehouse = %warehouse.root(),
+            memory_limit = config.memory_limit,
+            query_memory_limit,
+            spill_max_size = config.spill_max_size,
+            "engine ready"
+        );
+        Ok(Self { store, base, memory_limit: config.memory_limit, global_pool: pool, query_memory_limit })
     }
 
-    /// A fresh session over the shared catalog, memory pool and functions.
+    /// A fresh session over the shared catalog and functions, with its own [`QueryPool`]: what
+    /// it runs is capped at the per-query limit inside the global pool, and its peak is kept.
     pub fn session(&self) -> SessionContext {
-        SessionContext::new_with_state(self.base.clone())
+        let pool = Arc::new(QueryPool::new(Arc::clone(&self.global_pool), self.query_memory_limit));
+        match RuntimeEnvBuilder::from_runtime_env(self.base.runtime_env()).with_memory_pool(pool).build_arc() {
+            Ok(runtime) => {
+                let mut config = self.base.config().clone();
+                let (batch_size, sort_reservation) = memory_scaled_sizes(self.query_memory_limit);
+                let options = config.options_mut();
+                let batch_size = options.execution.batch_size.get().min(batch_size);
+                if let Ok(size) = datafusion::common::config::ConfigNonZeroUsize::try_new(batch_size) {
+                    options.execution.batch_size = size;
+                }
+                options.execution.sort_spill_reservation_bytes =
+                    options.execution.sort_spill_reservation_bytes.min(sort_reservation);
+                SessionContext::new_with_state(
+                    SessionStateBuilder::new_from_existing(self.base.clone())
+                        .with_config(config)
+                        .with_runtime_env(runtime)
+                        .build(),
+                )
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot build a per-query runtime; using the shared pool alone");
+                SessionContext::new_with_state(self.base.clone())
+            }
+        }
+    }
+
+    /// The per-query memory cap in bytes.
+    pub fn query_memory_limit(&self) -> usize {
+        self.query_memory_limit
+    }
+
+    /// What `ctx`'s statements cost since the last [`Engine::reset_stats`]. Spills count the
+    /// plans passed to [`Engine::record_spills`] (the engine does it for the plans it runs).
+    pub fn stats(ctx: &SessionContext) -> QueryStats {
+        let runtime = ctx.runtime_env();
+        match runtime.memory_pool.downcast_ref::<QueryPool>() {
+            Some(pool) => {
+                let (spill_count, spilled_bytes) = pool.spills();
+                QueryStats { peak_memory: pool.peak(), spill_count, spilled_bytes }
+            }
+            None => QueryStats::default(),
+        }
+    }
+
+    /// Start measuring the next statement of `ctx`.
+    pub fn reset_stats(ctx: &SessionContext) {
+        if let Some(pool) = ctx.runtime_env().memory_pool.downcast_ref::<QueryPool>() {
+            pool.reset();
+        }
+    }
+
+    /// Add an executed plan's spills to `ctx`'s statistics.
+    pub fn record_spills(ctx: &SessionContext, plan: &Arc<dyn ExecutionPlan>) {
+        if let Some(pool) = ctx.runtime_env().memory_pool.downcast_ref::<QueryPool>() {
+            let (count, bytes) = plan_spills(plan);
+            pool.add_spills(count, bytes);
+        }
     }
 
     /// The persistent catalog.
@@ -319,8 +454,10 @@ impl Engine {
             }
         }
         let physical = self.physical_plan(ctx, plan).await?;
-        let stream = self.execute(ctx, physical)?;
-        count_rows(stream).await
+        let stream = self.execute(ctx, Arc::clone(&physical))?;
+        let rows = count_rows(stream).await;
+        Self::record_spills(ctx, &physical);
+        rows
     }
 
     /// Run a planned statement whose answer is not a row stream (DDL, DML, SET).
@@ -357,7 +494,10 @@ impl Engine {
         if partition_columns.is_empty() {
             return Ok(None);
         }
-        let batches = ctx.execute_logical_plan((*dml.input).clone()).await?.collect().await?;
+        let physical = ctx.execute_logical_plan((*dml.input).clone()).await?.create_physical_plan().await?;
+        let batches = datafusion::physical_plan::collect(Arc::clone(&physical), ctx.task_ctx()).await;
+        Self::record_spills(ctx, &physical);
+        let batches = batches?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if rows == 0 {
             return Ok(Some(0));

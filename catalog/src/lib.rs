@@ -11,6 +11,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod memory;
 pub mod provider;
 pub mod state;
 pub mod storage;

@@ -22,7 +22,7 @@ use tracing::{error, info};
 use crate::auth::{self, Authenticator, Role};
 use crate::config::{self, FileConfig, WarehouseArgs};
 use crate::flight::wrapper::Service;
-use crate::flight::{MAX_MESSAGE_BYTES, StreamPulseFlightSql};
+use crate::flight::{Admission, MAX_MESSAGE_BYTES, StreamPulseFlightSql};
 
 /// StreamPulse Warehouse: SQL on Parquet/Delta tables, served over Arrow Flight SQL.
 #[derive(Debug, Parser)]
@@ -91,6 +91,12 @@ struct ServeArgs {
     /// Lifetime of bearer tokens issued at handshake [default: 12h]
     #[arg(long, env = "STREAMPULSE_TOKEN_TTL")]
     token_ttl: Option<String>,
+    /// Statements that may run at once; more wait in a queue [default: 8]
+    #[arg(long, env = "STREAMPULSE_MAX_CONCURRENT_QUERIES")]
+    max_concurrent_queries: Option<usize>,
+    /// Longest wait in that queue before RESOURCE_EXHAUSTED [default: 60s]
+    #[arg(long, env = "STREAMPULSE_QUEUE_TIMEOUT")]
+    queue_timeout: Option<String>,
     /// Name of the admin created on the first start of a fresh warehouse [default: admin]
     #[arg(long, env = "STREAMPULSE_ADMIN_USER")]
     admin_user: Option<String>,
@@ -132,6 +138,10 @@ struct SqlArgs {
     /// With csv/json, stdout holds only result rows; "OK"/row counts go to stderr.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     format: Output,
+    /// After each statement, print to stderr its wall time, peak pool memory and spills
+    /// (embedded only; a server logs them for every statement)
+    #[arg(long)]
+    stats: bool,
 }
 
 /// How `streampulse sql` prints query results.
@@ -248,7 +258,8 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("STREAMPULSE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,datafusion=warn,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn,delta_kernel=warn,h2=warn,tower=warn,hyper=warn"));
     let json = std::env::var("STREAMPULSE_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
@@ -289,7 +300,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
 
     let auth = Arc::new(Authenticator::new(ttl));
-    let flight_sql = Arc::new(StreamPulseFlightSql::new(engine.clone(), auth).map_err(|e| e.message().to_string())?);
+    let max_concurrent = args
+        .max_concurrent_queries
+        .or(file.max_concurrent_queries)
+        .unwrap_or(config::DEFAULT_MAX_CONCURRENT_QUERIES);
+    if max_concurrent == 0 {
+        return Err("--max-concurrent-queries must be at least 1".into());
+    }
+    let queue_timeout = config::parse_duration(
+        &args.queue_timeout.or(file.queue_timeout.clone()).unwrap_or_else(|| config::DEFAULT_QUEUE_TIMEOUT.into()),
+    )?;
+    let admission = Admission::new(max_concurrent, queue_timeout);
+    let flight_sql =
+        Arc::new(StreamPulseFlightSql::new(engine.clone(), auth, admission).map_err(|e| e.message().to_string())?);
     let service = FlightServiceServer::new(Service::new(flight_sql))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -369,12 +392,13 @@ async fn load_demo(engine: &Engine, scale: f64) -> Result<(), String> {
         }
         let script = substitute_params(LOAD_SQL, &[format!("data={}", dir.display()), "format=csv".to_string()])?;
         let started = std::time::Instant::now();
-        run_script(engine, &script, None).await?;
+        run_script(engine, &script, None, false).await?;
         println!("Demo data loaded into schema music in {:.1} s:", started.elapsed().as_secs_f64());
         run_script(
             engine,
             "SELECT count(*) AS plays, count(DISTINCT user_id) AS listeners, count(DISTINCT play_date) AS days FROM music.plays",
             Some(Output::Table),
+            false,
         )
         .await?;
     }
@@ -421,7 +445,7 @@ async fn load_demo(engine: &Engine, scale: f64) -> Result<(), String> {
         if !has(table) {
             let started = std::time::Instant::now();
             for params in &runs {
-                run_script(engine, &substitute_params(script, params)?, None).await?;
+                run_script(engine, &substitute_params(script, params)?, None, false).await?;
             }
             println!(
                 "Pipeline -> music.{table}: {} run(s) in {:.1} s",
@@ -430,7 +454,7 @@ async fn load_demo(engine: &Engine, scale: f64) -> Result<(), String> {
             );
         }
         println!("music.{table}:");
-        run_script(engine, summary, Some(Output::Table)).await?;
+        run_script(engine, summary, Some(Output::Table), false).await?;
     }
     Ok(())
 }
@@ -462,24 +486,30 @@ async fn sql(args: SqlArgs) -> Result<(), String> {
         }
         None => {
             let (engine, _) = open_engine(&args.warehouse).await?;
-            run_script(&engine, &script, Some(args.format)).await
+            run_script(&engine, &script, Some(args.format), args.stats).await
         }
     }
 }
 
 /// Run every statement of a script in one session, printing results in `print`'s format when
 /// given. Stops at the first failing statement and says which one it was.
-pub async fn run_script(engine: &Engine, script: &str, print: Option<Output>) -> Result<(), String> {
+pub async fn run_script(engine: &Engine, script: &str, print: Option<Output>, stats: bool) -> Result<(), String> {
     let ctx = engine.session();
     let statements = engine.parse(script).map_err(|e| e.to_string())?;
     for (i, (text, statement)) in statements.into_iter().enumerate() {
-        let fail = |e: String| format!("statement {} failed: {e}\n  in: {}", i + 1, abbreviate(&text));
+        let fail = |e: String| {
+            format!("statement {} failed: {}\n  in: {}", i + 1, crate::status::explain_if_resources(&e), abbreviate(&text))
+        };
+        let started = std::time::Instant::now();
+        Engine::reset_stats(&ctx);
         let planned = engine.plan(&ctx, &text, statement).await.map_err(|e| fail(e.to_string()))?;
         match planned {
             Planned::Query(plan) => {
                 let physical = engine.physical_plan(&ctx, plan).await.map_err(|e| fail(e.to_string()))?;
-                let stream = engine.execute(&ctx, physical).map_err(|e| fail(e.to_string()))?;
-                let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| fail(e.to_string()))?;
+                let stream = engine.execute(&ctx, Arc::clone(&physical)).map_err(|e| fail(e.to_string()))?;
+                let batches: Result<Vec<RecordBatch>, _> = stream.try_collect().await;
+                Engine::record_spills(&ctx, &physical);
+                let batches = batches.map_err(|e| fail(e.to_string()))?;
                 if let Some(format) = print {
                     print_batches(&batches, format)?;
                 }
@@ -491,8 +521,34 @@ pub async fn run_script(engine: &Engine, script: &str, print: Option<Output>) ->
                 }
             }
         }
+        if stats {
+            let s = Engine::stats(&ctx);
+            eprintln!(
+                "-- statement {}: {:.2} s, peak memory {}, spilled {} in {} file(s) \
+                 [peak_memory={} spilled_bytes={} spill_count={}]",
+                i + 1,
+                started.elapsed().as_secs_f64(),
+                human_bytes(s.peak_memory),
+                human_bytes(s.spilled_bytes),
+                s.spill_count,
+                s.peak_memory,
+                s.spilled_bytes,
+                s.spill_count
+            );
+        }
     }
     Ok(())
+}
+
+fn human_bytes(n: usize) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 fn abbreviate(sql: &str) -> String {

@@ -17,6 +17,12 @@ pub const DEFAULT_WAREHOUSE: &str = "./warehouse";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Default memory pool: half of physical memory.
 pub const DEFAULT_MEMORY_LIMIT: &str = "50%";
+/// Default spill compression: lz4 is fast enough that spilling stays disk-bound.
+pub const DEFAULT_SPILL_COMPRESSION: &str = "lz4_frame";
+/// Default limit on queries running at once (more wait in a queue).
+pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 8;
+/// Default longest wait in that queue.
+pub const DEFAULT_QUEUE_TIMEOUT: &str = "60s";
 /// Default bearer token lifetime.
 pub const DEFAULT_TOKEN_TTL: &str = "12h";
 
@@ -32,9 +38,18 @@ pub struct WarehouseArgs {
     /// Memory pool shared by all queries: bytes, "4GiB", "512MiB" or a share of RAM like "50%" [default: 50%]
     #[arg(long, global = true, env = "STREAMPULSE_MEMORY_LIMIT")]
     pub memory_limit: Option<String>,
+    /// Memory one query may use, within --memory-limit: bytes, "1GiB" or a share of RAM [default: the global limit]
+    #[arg(long, global = true, env = "STREAMPULSE_QUERY_MEMORY_LIMIT")]
+    pub query_memory_limit: Option<String>,
     /// Folder for spill files [default: the OS temp folder]
     #[arg(long, global = true, env = "STREAMPULSE_SPILL_DIR")]
     pub spill_dir: Option<PathBuf>,
+    /// Most disk that spill files may take at once, all queries together [default: 100GiB]
+    #[arg(long, global = true, env = "STREAMPULSE_SPILL_MAX_SIZE")]
+    pub spill_max_size: Option<String>,
+    /// Spill file compression: uncompressed, lz4_frame or zstd [default: lz4_frame]
+    #[arg(long, global = true, env = "STREAMPULSE_SPILL_COMPRESSION")]
+    pub spill_compression: Option<String>,
     /// Partitions (threads) per query [default: number of cores]
     #[arg(long, global = true, env = "STREAMPULSE_TARGET_PARTITIONS")]
     pub target_partitions: Option<usize>,
@@ -62,8 +77,13 @@ pub struct FileConfig {
     pub warehouse: Option<String>,
     pub listen: Option<String>,
     pub memory_limit: Option<String>,
+    pub query_memory_limit: Option<String>,
     pub spill_dir: Option<PathBuf>,
+    pub spill_max_size: Option<String>,
+    pub spill_compression: Option<String>,
     pub target_partitions: Option<usize>,
+    pub max_concurrent_queries: Option<usize>,
+    pub queue_timeout: Option<String>,
     pub token_ttl: Option<String>,
     pub admin_user: Option<String>,
     pub s3: S3Config,
@@ -99,6 +119,31 @@ impl WarehouseArgs {
             .or_else(|| file.memory_limit.clone())
             .unwrap_or_else(|| DEFAULT_MEMORY_LIMIT.to_string());
         let memory_limit = parse_size(&memory, total_memory())?;
+        let query_memory_limit = match self.query_memory_limit.clone().or_else(|| file.query_memory_limit.clone()) {
+            Some(text) => {
+                let bytes = parse_size(&text, total_memory())?;
+                if bytes > memory_limit {
+                    return Err(format!(
+                        "query memory limit {text} is above the memory limit {memory} ({bytes} > {memory_limit} bytes)"
+                    ));
+                }
+                Some(bytes)
+            }
+            None => None,
+        };
+        let spill_max_size = match self.spill_max_size.clone().or_else(|| file.spill_max_size.clone()) {
+            Some(text) if text.contains('%') => return Err(format!("spill max size '{text}': give bytes, e.g. 20GiB")),
+            Some(text) => Some(parse_size(&text, u64::MAX)? as u64),
+            None => None,
+        };
+        let spill_compression = self
+            .spill_compression
+            .clone()
+            .or_else(|| file.spill_compression.clone())
+            .unwrap_or_else(|| DEFAULT_SPILL_COMPRESSION.to_string());
+        if !["uncompressed", "lz4_frame", "zstd"].contains(&spill_compression.as_str()) {
+            return Err(format!("spill compression must be uncompressed, lz4_frame or zstd, got '{spill_compression}'"));
+        }
         let s3 = S3Config {
             endpoint: self.s3_endpoint.clone().or_else(|| file.s3.endpoint.clone()),
             region: self.s3_region.clone().or_else(|| file.s3.region.clone()),
@@ -110,7 +155,10 @@ impl WarehouseArgs {
             warehouse,
             s3,
             memory_limit,
+            query_memory_limit,
             spill_dir: self.spill_dir.clone().or_else(|| file.spill_dir.clone()),
+            spill_max_size,
+            spill_compression: Some(spill_compression),
             target_partitions: self.target_partitions.or(file.target_partitions),
         })
     }

@@ -10,14 +10,47 @@ use tonic::{Code, Status};
 
 /// Map a catalog/engine error to a status whose message is the engine's own.
 pub fn catalog_status(e: CatalogError) -> Status {
-    let code = catalog_code(&e);
-    Status::new(code, clean(&e.to_string()))
+    status(catalog_code(&e), &e.to_string())
 }
 
 /// Map a DataFusion error to a status.
 pub fn datafusion_status(e: DataFusionError) -> Status {
-    let code = datafusion_code(&e);
-    Status::new(code, clean(&e.to_string()))
+    status(datafusion_code(&e), &e.to_string())
+}
+
+/// What DataFusion says when the spill files would pass the disk cap (an I/O error).
+const SPILL_DISK_FULL: &str = "exceeded the allowable limit";
+
+fn status(code: Code, message: &str) -> Status {
+    let mut message = clean(message);
+    let code = if message.contains(SPILL_DISK_FULL) { Code::ResourceExhausted } else { code };
+    if code == Code::ResourceExhausted {
+        message = explain_resources(&message);
+    }
+    Status::new(code, message)
+}
+
+/// For messages that did not go through a status (the embedded CLI): explain memory and
+/// spill-disk exhaustion the same way.
+pub fn explain_if_resources(message: &str) -> String {
+    if message.contains("Resources exhausted") || message.contains(SPILL_DISK_FULL) {
+        explain_resources(&clean(message))
+    } else {
+        message.to_string()
+    }
+}
+
+/// Name StreamPulse's settings instead of DataFusion's (which sessions cannot change here).
+pub fn explain_resources(message: &str) -> String {
+    let message = message.replace("`datafusion.runtime.max_temp_directory_size`", "--spill-max-size (STREAMPULSE_SPILL_MAX_SIZE)");
+    if message.contains("--spill-max-size") || message.contains("server busy") || message.contains("Raise --query-memory-limit") {
+        return message;
+    }
+    format!(
+        "{message}\nThe query needed more memory than it may use even after spilling. Raise --query-memory-limit \
+         (STREAMPULSE_QUERY_MEMORY_LIMIT) or --memory-limit (STREAMPULSE_MEMORY_LIMIT), or reduce what the operators \
+         above must hold at once (hash join build sides and window partitions do not spill)."
+    )
 }
 
 fn clean(message: &str) -> String {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::utils::take_function_args;
-use datafusion::common::{Result, exec_err, plan_err};
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
 use datafusion_macros::user_doc;
@@ -68,7 +68,7 @@ impl WindowUDFImpl for LargestRemainder {
     }
 
     fn partition_evaluator(&self, _args: PartitionEvaluatorArgs) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(LargestRemainderEvaluator))
+        Ok(Box::new(LargestRemainderEvaluator::default()))
     }
 
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
@@ -80,10 +80,51 @@ impl WindowUDFImpl for LargestRemainder {
     }
 }
 
-#[derive(Debug)]
-struct LargestRemainderEvaluator;
+/// Evaluates one window partition. Every share depends on the whole partition, so in bounded
+/// (streaming) execution it asks for the whole partition as its range and is called only once
+/// the partition is complete; it then splits once and hands out the shares row by row. This
+/// lets DataFusion use `BoundedWindowAggExec`, which holds one partition (one pool) at a time,
+/// instead of `WindowAggExec`, which buffers its whole input outside the memory pool.
+#[derive(Debug, Default)]
+struct LargestRemainderEvaluator {
+    shares: Option<Int64Array>,
+    next: usize,
+}
 
 impl PartitionEvaluator for LargestRemainderEvaluator {
+    fn supports_bounded_execution(&self) -> bool {
+        true
+    }
+
+    fn is_causal(&self) -> bool {
+        false
+    }
+
+    fn get_range(&self, _idx: usize, n_rows: usize) -> Result<std::ops::Range<usize>> {
+        Ok(0..n_rows)
+    }
+
+    fn evaluate(&mut self, values: &[ArrayRef], range: &std::ops::Range<usize>) -> Result<ScalarValue> {
+        if self.shares.as_ref().is_none_or(|s| s.len() != range.end) {
+            let sliced: Vec<ArrayRef> = values.iter().map(|v| v.slice(0, range.end)).collect();
+            let all = self.evaluate_all(&sliced, range.end)?;
+            let Some(shares) = all.as_any().downcast_ref::<Int64Array>() else {
+                return exec_err!("largest_remainder: internal error, shares are not Int64");
+            };
+            self.shares = Some(shares.clone());
+            self.next = 0;
+        }
+        let Some(shares) = self.shares.as_ref() else {
+            return exec_err!("largest_remainder: internal error, no shares");
+        };
+        if self.next >= shares.len() {
+            return exec_err!("largest_remainder: asked for row {} of a partition of {}", self.next, shares.len());
+        }
+        let value = shares.is_valid(self.next).then(|| shares.value(self.next));
+        self.next += 1;
+        Ok(ScalarValue::Int64(value))
+    }
+
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
         let [amounts, weights] = take_function_args("largest_remainder", values)?;
         let Some(amounts) = amounts.as_any().downcast_ref::<Int64Array>() else {

@@ -54,6 +54,7 @@ use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use streampulse_catalog::{CATALOG_NAME, Engine, IngestMode, Planned, StatementKind};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -98,12 +99,50 @@ pub struct StreamPulseFlightSql {
     prepared: Mutex<HashMap<String, PreparedStatement>>,
     sql_info: SqlInfoData,
     xdbc: XdbcTypeInfoData,
+    admission: Admission,
+}
+
+/// Admission control: at most `max` statements run at once; the others wait in a FIFO queue
+/// (tokio's semaphore is fair) for at most `timeout`, then fail with RESOURCE_EXHAUSTED.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    max: usize,
+    timeout: Duration,
+}
+
+impl Admission {
+    /// Let `max` statements run at once, queueing the rest for up to `timeout`.
+    pub fn new(max: usize, timeout: Duration) -> Self {
+        let max = max.max(1);
+        Self { permits: Arc::new(Semaphore::new(max)), max, timeout }
+    }
+
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        let waiting = Instant::now();
+        let permit = tokio::time::timeout(self.timeout, Arc::clone(&self.permits).acquire_owned())
+            .await
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "server busy: {} statements running and this one waited {:?} in the queue; retry later, \
+                     or raise --max-concurrent-queries / --queue-timeout",
+                    self.max, self.timeout
+                ))
+            })?
+            .map_err(|_| Status::unavailable("server shutting down"))?;
+        let waited = waiting.elapsed();
+        if waited > Duration::from_millis(100) {
+            info!(waited_ms = waited.as_millis() as u64, "statement admitted after queueing");
+        }
+        Ok(permit)
+    }
 }
 
 impl StreamPulseFlightSql {
-    /// A service over `engine`, authenticating with `auth`.
-    pub fn new(engine: Engine, auth: Arc<Authenticator>) -> Result<Self, Status> {
+    /// A service over `engine`, authenticating with `auth`, admitting statements by `admission`.
+    pub fn new(engine: Engine, auth: Arc<Authenticator>, admission: Admission) -> Result<Self, Status> {
         Ok(Self {
+            admission,
             engine,
             auth,
             pending: Mutex::new(HashMap::new()),
@@ -162,9 +201,19 @@ impl StreamPulseFlightSql {
                 self.flight_info(&id, &schema, descriptor, -1)
             }
             other => {
+                let _permit = self.admission.admit().await?;
                 let count = self.run_command(&ctx, other, params).await?;
                 let batch = count_batch(count)?;
-                info!(user = %principal.user, sql, rows = count.unwrap_or(0), "statement executed");
+                let stats = Engine::stats(&ctx);
+                info!(
+                    user = %principal.user,
+                    sql,
+                    rows = count.unwrap_or(0),
+                    peak_memory = stats.peak_memory,
+                    spill_count = stats.spill_count,
+                    spilled_bytes = stats.spilled_bytes,
+                    "statement executed"
+                );
                 let schema = batch.schema();
                 let id = self.put_pending(Pending::Ready { batch, user: principal.user.clone() })?;
                 self.flight_info(&id, &schema, descriptor, 1)
@@ -217,12 +266,13 @@ impl StreamPulseFlightSql {
             }
             Pending::Query { ctx, plan, schema, user, sql } => {
                 check_owner(principal, &user)?;
+                let permit = self.admission.admit().await?;
                 let token = CancellationToken::new();
                 self.running
                     .lock()
                     .map_err(|_| Status::internal("query table poisoned"))?
                     .insert(id.to_string(), token.clone());
-                let stream = self.engine.execute(&ctx, plan).map_err(catalog_status)?;
+                let stream = self.engine.execute(&ctx, Arc::clone(&plan)).map_err(catalog_status)?;
                 info!(user = %user, ticket = %id, sql = %sql, "query started");
                 let target = schema.clone();
                 let batches = stream.map(move |r| match r {
@@ -233,7 +283,15 @@ impl StreamPulseFlightSql {
                     inner: Box::pin(batches),
                     cancelled: Box::pin(token.clone().cancelled_owned()),
                     done: false,
-                    guard: RunningGuard { id: id.to_string(), running: self.running.clone(), rows: 0, completed: false },
+                    guard: RunningGuard {
+                        id: id.to_string(),
+                        running: self.running.clone(),
+                        rows: 0,
+                        completed: false,
+                        ctx,
+                        plan,
+                        _permit: permit,
+                    },
                 };
                 let flight = FlightDataEncoderBuilder::new()
                     .with_schema(schema)
@@ -464,11 +522,15 @@ type Running = Arc<Mutex<HashMap<String, CancellationToken>>>;
 
 /// Removes a running query's cancellation token when its stream ends or is dropped, and
 /// says so when the query was stopped before its end (client gone, cancelled, or failed).
+/// Also logs what the query cost (peak pool memory, spills) and releases its admission permit.
 struct RunningGuard {
     id: String,
     running: Running,
     rows: u64,
     completed: bool,
+    ctx: SessionContext,
+    plan: Arc<dyn ExecutionPlan>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for RunningGuard {
@@ -476,11 +538,17 @@ impl Drop for RunningGuard {
         if let Ok(mut running) = self.running.lock() {
             running.remove(&self.id);
         }
-        if self.completed {
-            info!(ticket = %self.id, rows = self.rows, "query finished");
-        } else {
-            info!(ticket = %self.id, rows = self.rows, "query stopped before its end");
-        }
+        Engine::record_spills(&self.ctx, &self.plan);
+        let stats = Engine::stats(&self.ctx);
+        let outcome = if self.completed { "query finished" } else { "query stopped before its end" };
+        info!(
+            ticket = %self.id,
+            rows = self.rows,
+            peak_memory = stats.peak_memory,
+            spill_count = stats.spill_count,
+            spilled_bytes = stats.spilled_bytes,
+            "{outcome}"
+        );
     }
 }
 
@@ -854,6 +922,7 @@ impl FlightSqlService for StreamPulseFlightSql {
             return Err(Status::invalid_argument("this statement returns rows: execute it as a query"));
         }
         authorize(&principal, &planned)?;
+        let _permit = self.admission.admit().await?;
         let count = self.run_command(&ctx, planned, None).await?;
         info!(user = %principal.user, sql = %cmd.query, rows = count.unwrap_or(0), "update executed");
         Ok(count.map(|c| c as i64).unwrap_or(0))
@@ -892,6 +961,7 @@ impl FlightSqlService for StreamPulseFlightSql {
             (None, None) => return Err(Status::invalid_argument("ingest sent no schema")),
         };
         let ctx = self.engine.session();
+        let _permit = self.admission.admit().await?;
         let rows = self.engine.ingest(&ctx, &target, schema, batches, mode).await.map_err(catalog_status)?;
         info!(user = %principal.user, table = %target, rows, ?mode, "ingest done");
         Ok(rows as i64)
@@ -938,6 +1008,7 @@ impl FlightSqlService for StreamPulseFlightSql {
         let ctx = self.engine.session();
         let planned = self.engine.plan_sql(&ctx, &sql).await.map_err(catalog_status)?;
         authorize(&principal, &planned)?;
+        let _permit = self.admission.admit().await?;
         let count = self.run_command(&ctx, planned, sent.or(stored)).await?;
         info!(user = %principal.user, sql = %sql, rows = count.unwrap_or(0), "prepared update executed");
         Ok(count.map(|c| c as i64).unwrap_or(0))
