@@ -137,3 +137,13 @@ def generate_and_load(base, seed, scale="0.001"):
     run_cli("sql", "--warehouse", str(wh), "-f", str(ROOT / "sql" / "load_generated.sql"),
             "--param", f"data={data}", "--param", "format=csv")
     return data, wh
+
+
+def run_over_flight(wh, base, script, *params):
+    """Run a SQL script file through a fresh server over Flight SQL (`streampulse sql --connect`)."""
+    s = Server(str(wh), log_path=str(base / "server.log")).start()
+    try:
+        args = [a for p in params for a in ("--param", p)]
+        run_cli("sql", "--connect", s.uri, "--user", "admin", "--password", ADMIN_PASSWORD, "-f", str(script), *args)
+    finally:
+        s.stop()

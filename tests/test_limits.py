@@ -9,8 +9,12 @@ from adbc_driver_manager import Error
 from conftest import Server, adbc_connect, run_cli
 
 
-def test_query_over_memory_cap_is_resource_exhausted_and_server_survives(tmp_path):
-    s = Server(str(tmp_path / "wh"), extra_args=["--memory-limit", "32MiB"], log_path=str(tmp_path / "server.log")).start()
+@pytest.mark.parametrize("caps, setting", [
+    (["--memory-limit", "32MiB"], "--memory-limit"),  # the server-wide pool
+    (["--memory-limit", "2GiB", "--query-memory-limit", "32MiB"], "--query-memory-limit"),  # one query's share
+])
+def test_query_over_a_memory_cap_fails_alone_and_names_the_setting(tmp_path, caps, setting):
+    s = Server(str(tmp_path / "wh"), extra_args=caps, log_path=str(tmp_path / "server.log")).start()
     try:
         conn = adbc_connect(s.uri)
         cur = conn.cursor()
@@ -22,6 +26,7 @@ def test_query_over_memory_cap_is_resource_exhausted_and_server_survives(tmp_pat
         assert "(ResourceExhausted;" in str(e.value), str(e.value)
         assert "Resources exhausted" in str(e.value)
         assert "pool_size" in str(e.value)  # says which limit was hit
+        assert setting in str(e.value)  # and the setting to change
         cur2 = conn.cursor()
         cur2.execute("SELECT count(*) FROM generate_series(1, 1000) AS t(value)")
         assert cur2.fetchone() == (1000,)
@@ -29,7 +34,8 @@ def test_query_over_memory_cap_is_resource_exhausted_and_server_survives(tmp_pat
         assert s.proc.poll() is None
     finally:
         s.stop()
-
+    log = (tmp_path / "server.log").read_text()
+    assert "peak_memory=" in log and "spilled_bytes=" in log  # every statement's cost is logged
 
 # A GROUP BY with millions of groups: its hash table spills (sorted runs) when the pool is short.
 MANY_GROUPS = ("SELECT count(*), sum(c) FROM (SELECT value % 3000000 AS k, count(*) AS c "
@@ -69,27 +75,6 @@ def test_query_over_the_spill_disk_cap_fails_clearly_and_cleans_up(tmp_path):
     assert r.returncode != 0
     assert "--spill-max-size (STREAMPULSE_SPILL_MAX_SIZE)" in r.stderr, r.stderr
     assert _spill_files(spill) == []
-
-
-def test_per_query_cap_fails_one_query_and_names_the_setting(tmp_path):
-    s = Server(str(tmp_path / "wh"), extra_args=["--memory-limit", "2GiB", "--query-memory-limit", "32MiB"],
-               log_path=str(tmp_path / "server.log")).start()
-    try:
-        conn = adbc_connect(s.uri)
-        cur = conn.cursor()
-        with pytest.raises(Error) as e:
-            cur.execute("SELECT array_agg(value) FROM generate_series(1, 50000000) AS t(value)")
-            cur.fetchall()
-        assert "(ResourceExhausted;" in str(e.value), str(e.value)
-        assert "--query-memory-limit" in str(e.value)  # the setting to change
-        cur2 = conn.cursor()
-        cur2.execute("SELECT 42")
-        assert cur2.fetchone() == (42,)
-        conn.close()
-    finally:
-        s.stop()
-    log = (tmp_path / "server.log").read_text()
-    assert "peak_memory=" in log and "spilled_bytes=" in log  # every statement's cost is logged
 
 
 def test_admission_queue_times_out_then_admits(tmp_path):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ADMIN_PASSWORD, ROOT, Server, generate_and_load, run_cli
+from conftest import ROOT, generate_and_load, run_cli, run_over_flight
 
 sys.path.insert(0, str(ROOT / "bench"))
 import recommend_quality as rq  # noqa: E402
@@ -19,12 +19,7 @@ RUN_DATE = "2026-10-20"  # mid-month: plays after run_date must neither count no
 def pipeline_b(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline_b")
     data, wh = generate_and_load(base, seed=3)
-    s = Server(str(wh), log_path=str(base / "server.log")).start()
-    try:
-        run_cli("sql", "--connect", s.uri, "--user", "admin", "--password", ADMIN_PASSWORD,
-                "-f", SCRIPT, "--param", f"run_date={RUN_DATE}")
-    finally:
-        s.stop()
+    run_over_flight(wh, base, SCRIPT, f"run_date={RUN_DATE}")
     run_cli("sql", "--warehouse", str(wh), "-f", SCRIPT, "--param", f"run_date={RUN_DATE}")  # rerun, embedded
     return data, wh
 

@@ -9,7 +9,7 @@ import sys
 import duckdb
 import pytest
 
-from conftest import ADMIN_PASSWORD, ROOT, Server, generate_and_load, run_cli
+from conftest import ROOT, generate_and_load, run_cli, run_over_flight
 
 sys.path.insert(0, str(ROOT / "bench"))
 import peers  # noqa: E402  (DuckDB's own SQL for pipeline D, shared with the benchmark)
@@ -25,12 +25,7 @@ def pipeline_d(tmp_path_factory):
     # money with no qualifying streams: a country with ad revenue but no plays at all
     run_cli("sql", "--warehouse", str(wh), "-e",
             "INSERT INTO music.ad_revenue VALUES ('NZ', DATE '2026-10-07', 4242)")
-    s = Server(str(wh), log_path=str(base / "server.log")).start()
-    try:
-        run_cli("sql", "--connect", s.uri, "--user", "admin", "--password", ADMIN_PASSWORD,
-                "-f", SCRIPT, "--param", f"month={MONTH}")
-    finally:
-        s.stop()
+    run_over_flight(wh, base, SCRIPT, f"month={MONTH}")
     first = _ours(wh)
     run_cli("sql", "--warehouse", str(wh), "-f", SCRIPT, "--param", f"month={MONTH}")  # rerun, embedded
     return data, wh, first
