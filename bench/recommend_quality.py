@@ -17,7 +17,6 @@ target folder). Needs numpy, pandas and duckdb (tests/requirements.txt).
 
 import argparse
 import io
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-FEATURES = ["tempo", "energy", "danceability", "valence", "acousticness", "instrumentalness", "speechiness", "liveness"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import FEATURES, source as _source  # noqa: E402  (one reader of generated folders)
+
 K = 10
 
 
@@ -50,14 +51,6 @@ def query(warehouse: str, sql: str) -> pd.DataFrame:
     if r.returncode != 0:
         sys.exit(f"streampulse sql failed:\n{r.stderr}")
     return pd.read_csv(io.StringIO(r.stdout)) if r.stdout.strip() else pd.DataFrame()
-
-
-def _source(data: Path, name: str) -> str:
-    fmt = json.loads((data / "manifest.json").read_text())["format"]
-    reader = "read_csv" if fmt == "csv" else "read_parquet"
-    path = data / name
-    path = f"{path}/*.{fmt}" if path.is_dir() else f"{path}.{fmt}"
-    return f"{reader}('{path}')"
 
 
 def song_vectors(data: Path):

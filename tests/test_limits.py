@@ -152,3 +152,14 @@ def test_eight_heavy_queries_under_a_small_cap(tmp_path):
         assert _spill_files(tmp_path / "spill") == []
     finally:
         s.stop()
+
+
+def test_sql_output_formats(tmp_path):
+    wh = str(tmp_path / "wh")
+    q = "SELECT 1 AS a, 'x,y' AS b UNION ALL SELECT 2, NULL ORDER BY a"
+    csv = run_cli("sql", "--warehouse", wh, "--format", "csv", "-e", q).stdout
+    assert csv.splitlines() == ["a,b", '1,"x,y"', "2,"]
+    js = run_cli("sql", "--warehouse", wh, "--format", "json", "-e", q).stdout
+    assert js.splitlines() == ['{"a":1,"b":"x,y"}', '{"a":2}']
+    bad = run_cli("sql", "--warehouse", wh, "--format", "xml", "-e", q, check=False)
+    assert bad.returncode != 0 and "possible values" in bad.stderr
