@@ -8,7 +8,8 @@
 //! the plays are cut into fixed chunks, each with its own stream, so the output is identical
 //! whatever the number of threads or the order they run in.
 //!
-//! **Shape.** Song and artist popularity are Zipf-distributed; user activity is heavy-tailed
+//! **Shape.** Song and artist popularity are Zipf-distributed (songs are drawn from alias tables
+//! built once from the Zipf weights, O(1) per draw); user activity is heavy-tailed
 //! (Pareto); plays follow a weekly and hourly rhythm. Each user belongs to one of 20 taste
 //! clusters that prefer two genres: 70 % of a user's plays come from their cluster's genres, and
 //! songs outside their taste are skipped more often. The clusters are written to `truth/` so a
@@ -19,6 +20,11 @@
 //! `subscriptions`, `ad_revenue`, `experiments`, `truth/user_clusters`, `truth/clusters`,
 //! live events as gzip JSONL under `events/year=YYYY/month=M/day=D/<unix_ts>_<chunk>_<day>_<seq>.gz`
 //! (≈6,500 lines per file, for the last `event_days` days), and `manifest.json`.
+//!
+//! **Speed.** The hot loop draws ~15 numbers per play from ChaCha8 and writes text by hand
+//! (`itoa`, fixed-layout timestamps and JSON) rather than through `format!`/chrono/serde, which
+//! cost more than the sampling; Parquet skips dictionaries for near-unique columns. At SF 1 the
+//! generator writes faster than the disk (bench/RESULTS.md).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -184,10 +190,40 @@ struct Catalog {
     song_artist: Vec<u32>,
     song_genre: Vec<u8>,
     song_duration: Vec<i32>,
-    /// Song ids (0-based) from most to least popular.
-    by_popularity: Vec<u32>,
-    /// Per cluster: song ids of its genres, most popular first.
-    cluster_pool: Vec<Vec<u32>>,
+    /// Songs from most to least popular.
+    by_popularity: Vec<SongHot>,
+    /// Zipf(1.05) over popularity ranks: index into `by_popularity`.
+    popularity: WeightedAliasIndex<f64>,
+    /// Per cluster: the songs of its genres, most popular first.
+    cluster_pool: Vec<Vec<SongHot>>,
+    /// Per cluster: Zipf(1.0) over ranks in its pool (None for an empty pool).
+    cluster_popularity: Vec<Option<WeightedAliasIndex<f64>>>,
+}
+
+/// What the plays loop needs of a song, in one place: one cache miss per draw, not four.
+#[derive(Clone, Copy)]
+struct SongHot {
+    id: u32,
+    artist: u32,
+    duration: i32,
+    genre: u8,
+}
+
+/// What the plays loop needs of a user, in one place.
+#[derive(Clone, Copy)]
+struct UserHot {
+    cluster: u8,
+    device: u8,
+    country: u8,
+    treatment: [bool; 2],
+}
+
+/// Alias table drawing rank r (0-based) of `n` with probability ∝ (r + 1)^-s: Zipf's law.
+fn zipf_alias(n: usize, s: f64) -> Option<WeightedAliasIndex<f64>> {
+    if n == 0 {
+        return None;
+    }
+    WeightedAliasIndex::new((1..=n).map(|k| (k as f64).powf(-s)).collect()).ok()
 }
 
 /// Users: who they are and how they listen.
@@ -198,7 +234,8 @@ struct Audience {
     device: Vec<u8>,
     signup: Vec<i32>,
     birth_year: Vec<i32>,
-    treatment: Vec<[bool; 2]>,
+    /// Per user, the columns the plays loop reads.
+    hot: Vec<UserHot>,
     activity: WeightedAliasIndex<f64>,
 }
 
@@ -299,13 +336,17 @@ fn build_catalog(config: &Config, scale: &Scale) -> Catalog {
         let j = rng.random_range(0..=i);
         by_popularity.swap(i, j);
     }
-    let cluster_pool = (0..CLUSTERS)
+    let hot = |s: u32| SongHot { id: s, artist: song_artist[s as usize], duration: song_duration[s as usize], genre: song_genre[s as usize] };
+    let cluster_pool: Vec<Vec<SongHot>> = (0..CLUSTERS)
         .map(|c| {
             let genres = cluster_genres(c);
-            by_popularity.iter().copied().filter(|s| genres.contains(&(song_genre[*s as usize] as usize))).collect()
+            by_popularity.iter().copied().filter(|s| genres.contains(&(song_genre[*s as usize] as usize))).map(hot).collect()
         })
         .collect();
-    Catalog { song_artist, song_genre, song_duration, by_popularity, cluster_pool }
+    let by_popularity: Vec<SongHot> = by_popularity.into_iter().map(hot).collect();
+    let popularity = zipf_alias(by_popularity.len(), 1.05).unwrap_or_else(|| panic!("datagen: the catalogue has at least 500 songs"));
+    let cluster_popularity = cluster_pool.iter().map(|p| zipf_alias(p.len(), 1.0)).collect();
+    Catalog { song_artist, song_genre, song_duration, by_popularity, popularity, cluster_pool, cluster_popularity }
 }
 
 fn weighted_pick(rng: &mut ChaCha8Rng, weights: &[f64]) -> usize {
@@ -333,7 +374,7 @@ fn build_audience(config: &Config, scale: &Scale) -> Result<Audience> {
         device: Vec::with_capacity(n),
         signup: Vec::with_capacity(n),
         birth_year: Vec::with_capacity(n),
-        treatment: Vec::with_capacity(n),
+        hot: Vec::new(),
         activity: WeightedAliasIndex::new(vec![1.0]).map_err(|e| DatagenError::Config(e.to_string()))?,
     };
     let mut activity = Vec::with_capacity(n);
@@ -348,9 +389,17 @@ fn build_audience(config: &Config, scale: &Scale) -> Result<Audience> {
         a.birth_year.push(rng.random_range(1950..=2010));
         activity.push(pareto.sample(&mut rng).min(1_000.0));
     }
-    a.treatment = (1..=n as u64)
+    a.hot = (0..n)
         .into_par_iter()
-        .map(|u| [in_treatment(u, EXPERIMENTS[0].2), in_treatment(u, EXPERIMENTS[1].2)])
+        .map(|i| {
+            let u = i as u64 + 1;
+            UserHot {
+                cluster: a.cluster[i],
+                device: a.device[i],
+                country: a.country[i],
+                treatment: [in_treatment(u, EXPERIMENTS[0].2), in_treatment(u, EXPERIMENTS[1].2)],
+            }
+        })
         .collect();
     a.activity = WeightedAliasIndex::new(activity).map_err(|e| DatagenError::Config(e.to_string()))?;
     Ok(a)
@@ -539,8 +588,20 @@ impl Plays {
         self.play_id.len()
     }
 
+    /// Empties the batch, keeping its buffers.
     fn clear(&mut self) {
-        *self = Plays::default();
+        self.play_id.clear();
+        self.user_id.clear();
+        self.song_id.clear();
+        self.artist_id.clear();
+        self.played_at.clear();
+        self.ms_played.clear();
+        self.skipped.clear();
+        self.source.clear();
+        self.device.clear();
+        self.country.clear();
+        self.session_id.clear();
+        self.day.clear();
     }
 
     fn schema() -> SchemaRef {
@@ -578,10 +639,41 @@ impl Plays {
     }
 }
 
-fn timestamp_text(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_default()
+/// Appends `micros` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (what chrono's
+/// `%Y-%m-%dT%H:%M:%S%.3fZ` gives, for years 0–9999), without a format string.
+fn push_timestamp(out: &mut Vec<u8>, micros: i64) {
+    fn two(out: &mut Vec<u8>, v: u32) {
+        out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
+    }
+    let secs = micros.div_euclid(1_000_000);
+    let millis = (micros.rem_euclid(1_000_000) / 1_000) as u32;
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
+    let date = NaiveDate::from_num_days_from_ce_opt((days + 719_163) as i32).unwrap_or_default();
+    let year = date.year().clamp(0, 9_999) as u32;
+    two(out, year / 100);
+    two(out, year % 100);
+    out.push(b'-');
+    two(out, date.month());
+    out.push(b'-');
+    two(out, date.day());
+    out.push(b'T');
+    two(out, of_day / 3_600);
+    out.push(b':');
+    two(out, of_day / 60 % 60);
+    out.push(b':');
+    two(out, of_day % 60);
+    out.push(b'.');
+    out.extend_from_slice(&[b'0' + (millis / 100) as u8, b'0' + (millis / 10 % 10) as u8, b'0' + (millis % 10) as u8]);
+    out.push(b'Z');
+}
+
+/// Appends an integer in decimal.
+fn push_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+fn push_bool(out: &mut Vec<u8>, v: bool) {
+    out.extend_from_slice(if v { b"true" } else { b"false" });
 }
 
 /// Writes a chunk's plays to its file and, for event days, to gzip JSONL files.
@@ -595,6 +687,8 @@ struct ChunkWriter<'a> {
     event_seq: Vec<u64>,
     event_files: u64,
     dirty: u64,
+    /// Reused text buffer: a batch of CSV rows or one JSON line.
+    text: Vec<u8>,
 }
 
 impl<'a> ChunkWriter<'a> {
@@ -609,9 +703,14 @@ impl<'a> ChunkWriter<'a> {
                 (Some(w), None)
             }
             Format::Parquet => {
-                let props = parquet::file::properties::WriterProperties::builder()
-                    .set_compression(parquet::basic::Compression::SNAPPY)
-                    .build();
+                // Dictionaries only where values repeat: for ids, times and durations the writer
+                // would hash every value, then give up when the dictionary outgrows its page.
+                let mut props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::SNAPPY);
+                for column in ["play_id", "user_id", "played_at", "ms_played", "session_id"] {
+                    props = props.set_column_dictionary_enabled(column.into(), false);
+                }
+                let props = props.build();
                 let w = parquet::arrow::ArrowWriter::try_new(file, Plays::schema(), Some(props))
                     .map_err(|source| DatagenError::Parquet { path: path.clone(), source })?;
                 (None, Some(w))
@@ -627,26 +726,41 @@ impl<'a> ChunkWriter<'a> {
             event_seq: vec![0; DAYS as usize],
             event_files: 0,
             dirty: 0,
+            text: Vec::with_capacity(BATCH_ROWS * 128),
         })
     }
 
     fn write(&mut self, plays: &Plays, rng: &mut ChaCha8Rng) -> Result<()> {
         if let Some(w) = self.csv.as_mut() {
-            let countries: Vec<&str> = COUNTRIES.iter().map(|c| c.0).collect();
+            let out = &mut self.text;
+            out.clear();
             for i in 0..plays.len() {
+                for v in [plays.play_id[i], plays.user_id[i], plays.song_id[i], plays.artist_id[i]] {
+                    push_int(out, v);
+                    out.push(b',');
+                }
+                push_timestamp(out, plays.played_at[i]);
+                out.push(b',');
                 if self.config.dirty_fraction > 0.0 && rng.random_bool(self.config.dirty_fraction) {
                     self.dirty += 1;
-                    // A malformed row: a non-numeric ms_played and a missing column.
-                    writeln!(w, "{},{},{},{},{},not_a_number,{}", plays.play_id[i], plays.user_id[i], plays.song_id[i],
-                        plays.artist_id[i], timestamp_text(plays.played_at[i]), plays.skipped[i])
-                        .map_err(io_err(&self.path))?;
+                    // A malformed row: a non-numeric ms_played and missing columns.
+                    out.extend_from_slice(b"not_a_number,");
+                    push_bool(out, plays.skipped[i]);
+                    out.push(b'\n');
                     continue;
                 }
-                writeln!(w, "{},{},{},{},{},{},{},{},{},{},{}", plays.play_id[i], plays.user_id[i], plays.song_id[i], plays.artist_id[i],
-                    timestamp_text(plays.played_at[i]), plays.ms_played[i], plays.skipped[i], SOURCES[plays.source[i] as usize],
-                    DEVICES[plays.device[i] as usize], countries[plays.country[i] as usize], plays.session_id[i])
-                    .map_err(io_err(&self.path))?;
+                push_int(out, plays.ms_played[i]);
+                out.push(b',');
+                push_bool(out, plays.skipped[i]);
+                for name in [SOURCES[plays.source[i] as usize], DEVICES[plays.device[i] as usize], COUNTRIES[plays.country[i] as usize].0] {
+                    out.push(b',');
+                    out.extend_from_slice(name.as_bytes());
+                }
+                out.push(b',');
+                push_int(out, plays.session_id[i]);
+                out.push(b'\n');
             }
+            w.write_all(out).map_err(io_err(&self.path))?;
         }
         if let Some(w) = self.parquet.as_mut() {
             let batch = plays.to_batch().map_err(|source| DatagenError::Arrow { path: self.path.clone(), source })?;
@@ -676,14 +790,32 @@ impl<'a> ChunkWriter<'a> {
                 self.event_files += 1;
             }
             if let Some((w, lines, _)) = slot.as_mut() {
-                let line = serde_json::json!({
-                    "play_id": plays.play_id[i], "user_id": plays.user_id[i], "song_id": plays.song_id[i],
-                    "artist_id": plays.artist_id[i], "played_at": timestamp_text(plays.played_at[i]),
-                    "ms_played": plays.ms_played[i], "skipped": plays.skipped[i],
-                    "source": SOURCES[plays.source[i] as usize], "device": DEVICES[plays.device[i] as usize],
-                    "country": COUNTRIES[plays.country[i] as usize].0, "session_id": plays.session_id[i],
-                });
-                writeln!(w, "{line}").map_err(io_err(&self.path))?;
+                // One JSON object per line; the names (SOURCES, DEVICES, COUNTRIES) need no escaping.
+                let line = &mut self.text;
+                line.clear();
+                for (key, v) in [("{\"play_id\":", plays.play_id[i]), (",\"user_id\":", plays.user_id[i]),
+                    (",\"song_id\":", plays.song_id[i]), (",\"artist_id\":", plays.artist_id[i])]
+                {
+                    line.extend_from_slice(key.as_bytes());
+                    push_int(line, v);
+                }
+                line.extend_from_slice(b",\"played_at\":\"");
+                push_timestamp(line, plays.played_at[i]);
+                line.extend_from_slice(b"\",\"ms_played\":");
+                push_int(line, plays.ms_played[i]);
+                line.extend_from_slice(b",\"skipped\":");
+                push_bool(line, plays.skipped[i]);
+                for (key, name) in [(",\"source\":\"", SOURCES[plays.source[i] as usize]), (",\"device\":\"", DEVICES[plays.device[i] as usize]),
+                    (",\"country\":\"", COUNTRIES[plays.country[i] as usize].0)]
+                {
+                    line.extend_from_slice(key.as_bytes());
+                    line.extend_from_slice(name.as_bytes());
+                    line.push(b'"');
+                }
+                line.extend_from_slice(b",\"session_id\":");
+                push_int(line, plays.session_id[i]);
+                line.extend_from_slice(b"}\n");
+                w.write_all(line).map_err(io_err(&self.path))?;
                 *lines += 1;
                 if *lines >= EVENTS_PER_FILE {
                     if let Some((w, _, _)) = slot.take() {
@@ -721,9 +853,6 @@ fn write_plays_chunk(
     let rows = chunk_rows(scale.plays);
     let start = chunk * rows;
     let end = (start + rows).min(scale.plays);
-    let global = Zipf::new(scale.songs as f64, 1.05).map_err(|e| DatagenError::Config(e.to_string()))?;
-    let pools: Vec<Option<Zipf<f64>>> =
-        catalog.cluster_pool.iter().map(|p| if p.is_empty() { None } else { Zipf::new(p.len() as f64, 1.0).ok() }).collect();
     let day_weights: Vec<f64> = (0..DAYS).map(|d| {
         let weekday = (first_day() + Duration::days(d as i64)).weekday().num_days_from_monday();
         if weekday >= 5 { 1.2 } else { 1.0 }
@@ -736,34 +865,35 @@ fn write_plays_chunk(
     let mut plays = Plays::default();
     for row in start..end {
         let u = audience.activity.sample(&mut rng);
-        let cluster = audience.cluster[u] as usize;
-        let song = match &pools[cluster] {
-            Some(z) if rng.random_bool(IN_TASTE_SHARE) => catalog.cluster_pool[cluster][z.sample(&mut rng) as usize - 1],
-            _ => catalog.by_popularity[global.sample(&mut rng) as usize - 1],
-        } as usize;
-        let in_taste = cluster_genres(cluster).contains(&(catalog.song_genre[song] as usize));
+        let user = audience.hot[u];
+        let cluster = user.cluster as usize;
+        let song = match &catalog.cluster_popularity[cluster] {
+            Some(z) if rng.random_bool(IN_TASTE_SHARE) => catalog.cluster_pool[cluster][z.sample(&mut rng)],
+            _ => catalog.by_popularity[catalog.popularity.sample(&mut rng)],
+        };
+        let in_taste = cluster_genres(cluster).contains(&(song.genre as usize));
         let mut skip_p = if in_taste { 0.15 } else { 0.35 };
         for (k, e) in EXPERIMENTS.iter().enumerate() {
-            if audience.treatment[u][k] {
+            if user.treatment[k] {
                 skip_p *= e.3;
             }
         }
         let skipped = rng.random_bool(skip_p);
-        let duration = catalog.song_duration[song];
+        let duration = song.duration;
         let ms_played = if skipped { rng.random_range(1_000..30_000) } else { (duration as f64 * rng.random_range(0.5..=1.0)) as i32 };
         let day = day_index.sample(&mut rng) as u32;
         let hour = hour_index.sample(&mut rng) as i64;
         let micros = day0 + (day as i64 * 86_400 + hour * 3_600 + rng.random_range(0..3_600)) * 1_000_000 + rng.random_range(0..1_000_000);
         plays.play_id.push(row as i64 + 1);
         plays.user_id.push(u as i64 + 1);
-        plays.song_id.push(song as i64 + 1);
-        plays.artist_id.push(catalog.song_artist[song] as i64 + 1);
+        plays.song_id.push(song.id as i64 + 1);
+        plays.artist_id.push(song.artist as i64 + 1);
         plays.played_at.push(micros);
         plays.ms_played.push(ms_played);
         plays.skipped.push(skipped);
         plays.source.push(rng.random_range(0..SOURCES.len()) as u8);
-        plays.device.push(if rng.random_bool(0.8) { audience.device[u] } else { rng.random_range(0..DEVICES.len()) as u8 });
-        plays.country.push(audience.country[u]);
+        plays.device.push(if rng.random_bool(0.8) { user.device } else { rng.random_range(0..DEVICES.len()) as u8 });
+        plays.country.push(user.country);
         plays.session_id.push((u as i64 + 1) * 1_000 + day as i64 * 24 + hour);
         plays.day.push(day);
         if plays.len() == BATCH_ROWS {
@@ -838,6 +968,40 @@ mod tests {
         let top_1pct: usize = v.iter().take((m.counts.songs as usize / 100).max(1)).sum();
         assert!(top_1pct as f64 > 0.1 * rows as f64, "top 1% of songs should get >10% of plays, got {top_1pct}/{rows}");
         assert!(m.event_files > 0);
+    }
+
+    #[test]
+    fn hand_written_timestamps_match_chrono() {
+        for micros in [0, 1_791_072_000_123_456, 1_793_577_599_999_999, 946_684_800_000_000, -1_000, 253_402_300_799_999_000] {
+            let mut out = Vec::new();
+            push_timestamp(&mut out, micros);
+            let expected = chrono::DateTime::from_timestamp_micros(micros).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{micros}");
+        }
+    }
+
+    #[test]
+    fn event_lines_are_json_with_every_column() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(&config(dir.path(), Format::Csv)).unwrap();
+        let mut files = vec![dir.path().join("events")];
+        let mut lines = 0;
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(File::open(&p).unwrap()), &mut text).unwrap();
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v.as_object().unwrap().len(), 11, "{line}");
+                assert!(v["played_at"].as_str().unwrap().ends_with('Z'));
+                assert!(v["skipped"].is_boolean() && v["user_id"].is_i64());
+                lines += 1;
+            }
+        }
+        assert!(lines > 0);
     }
 
     #[test]
