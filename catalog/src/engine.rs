@@ -10,6 +10,7 @@
 //! DML run on DataFusion with the catalog's table providers (Delta's `insert_into` commits
 //! once at the end, so a failed INSERT leaves the table exactly as it was).
 
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,12 +18,16 @@ use std::sync::Arc;
 use arrow::array::{Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ScalarValue, SchemaReference, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::spill_file::SpillWriter;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -31,11 +36,12 @@ use datafusion::logical_expr::{DmlStatement, WriteOp};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{CreateExternalTable, CreateMemoryTable, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, cast};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{DataType as SqlDataType, HiveDistributionStyle, Statement as SqlStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
+use deltalake::delta_datafusion::planner::DeltaPlanner;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::protocol::SaveMode;
@@ -494,30 +500,27 @@ impl Engine {
         if partition_columns.is_empty() {
             return Ok(None);
         }
-        let physical = ctx.execute_logical_plan((*dml.input).clone()).await?.create_physical_plan().await?;
-        let batches = datafusion::physical_plan::collect(Arc::clone(&physical), ctx.task_ctx()).await;
+        // The new rows stream into a staging file in the spill directory (under --spill-max-size)
+        // while their distinct partition values are collected, so the output never sits in
+        // memory whatever its size; then one Delta write of the staged rows replaces exactly
+        // those partitions. The staging file goes when `staged` is dropped, on every path.
+        let input = delta_compatible_plan((*dml.input).clone())?;
+        let physical = ctx.execute_logical_plan(input).await?.create_physical_plan().await?;
+        let schema = physical.schema();
+        let indices = partition_columns
+            .iter()
+            .map(|c| schema.index_of(c).map_err(|e| CatalogError::Unsupported(format!("INSERT OVERWRITE: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let staged = ctx.runtime_env().disk_manager.create_tmp_file("INSERT OVERWRITE staging")?;
+        let staged_path = staged
+            .path()
+            .ok_or_else(|| CatalogError::Unsupported("INSERT OVERWRITE needs a local spill directory".into()))?
+            .to_path_buf();
+        let staging = stage_rows(ctx, &physical, staged.open_writer()?, &indices).await;
         Self::record_spills(ctx, &physical);
-        let batches = batches?;
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let (rows, tuples) = staging?;
         if rows == 0 {
             return Ok(Some(0));
-        }
-        // The distinct partition tuples of the new rows.
-        let mut tuples: Vec<Vec<ScalarValue>> = Vec::new();
-        for batch in &batches {
-            let indices = partition_columns
-                .iter()
-                .map(|c| batch.schema().index_of(c).map_err(|e| CatalogError::Unsupported(e.to_string())))
-                .collect::<Result<Vec<_>>>()?;
-            for row in 0..batch.num_rows() {
-                let tuple = indices
-                    .iter()
-                    .map(|i| ScalarValue::try_from_array(batch.column(*i), row))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                if !tuples.contains(&tuple) {
-                    tuples.push(tuple);
-                }
-            }
         }
         let predicate = tuples
             .iter()
@@ -536,9 +539,16 @@ impl Engine {
             .ok_or_else(|| CatalogError::Unsupported("INSERT OVERWRITE found no partition values".into()))?;
         let warehouse = self.store.warehouse();
         let delta = deltalake::open_table_with_storage_options(warehouse.url(&location)?, warehouse.storage_options()).await?;
-        let target = delta_compatible_schema(&batches[0].schema());
-        let batches = cast_batches(&target, batches)?;
-        delta.write(batches).with_save_mode(SaveMode::Overwrite).with_replace_where(predicate).await?;
+        let options = ParquetReadOptions::default().file_extension("").schema(&schema);
+        let source = ctx.read_parquet(staged_path.to_string_lossy().as_ref(), options).await?.into_unoptimized_plan();
+        delta
+            .write(Vec::<RecordBatch>::new())
+            .with_input_plan(source)
+            .with_session_state(delta_session(ctx))
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(predicate)
+            .await?;
+        drop(staged);
         info!(schema = %schema, table = %table, rows, partitions = tuples.len(), "partitions overwritten");
         Ok(Some(rows))
     }
@@ -567,7 +577,7 @@ impl Engine {
             if let Some(p) = predicate {
                 builder = builder.with_predicate(unqualify(p)?);
             }
-            let (_, metrics) = builder.await?;
+            let (_, metrics) = builder.with_session_state(delta_session(ctx)).await?;
             metrics.num_deleted_rows.unwrap_or(0) as u64
         } else {
             let mut builder = delta.update();
@@ -577,7 +587,7 @@ impl Engine {
             if let Some(p) = predicate {
                 builder = builder.with_predicate(unqualify(p)?);
             }
-            let (_, metrics) = builder.await?;
+            let (_, metrics) = builder.with_session_state(delta_session(ctx)).await?;
             metrics.num_updated_rows as u64
         };
         info!(schema = %schema, table = %table, rows, op = verb, "rows changed");
@@ -1183,6 +1193,58 @@ fn delta_type(t: &DataType) -> DataType {
         ),
         other => other.clone(),
     }
+}
+
+/// The caller's session (its memory pool, spill directory, functions) with deltalake's query
+/// planner, which knows the plan nodes deltalake's writes, updates and deletes build.
+fn delta_session(ctx: &SessionContext) -> Arc<dyn datafusion::catalog::Session> {
+    Arc::new(SessionStateBuilder::new_from_existing(ctx.state()).with_query_planner(DeltaPlanner::new()).build())
+}
+
+/// Runs `plan`, writing its rows as Parquet to `out` and collecting the distinct values of the
+/// columns at `indices` (one tuple per partition the rows fall in). Returns the row count and
+/// the tuples. Memory: one batch and one row group of the writer at a time.
+async fn stage_rows(
+    ctx: &SessionContext,
+    plan: &Arc<dyn ExecutionPlan>,
+    out: Box<dyn SpillWriter>,
+    indices: &[usize],
+) -> datafusion::error::Result<(u64, Vec<Vec<ScalarValue>>)> {
+    let schema = plan.schema();
+    let props = WriterProperties::builder()
+        .set_compression(datafusion::parquet::basic::Compression::LZ4_RAW)
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
+    let mut writer = ArrowWriter::try_new(out, Arc::clone(&schema), Some(props))?;
+    let converter = RowConverter::new(indices.iter().map(|i| SortField::new(schema.field(*i).data_type().clone())).collect())?;
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut tuples = Vec::new();
+    let mut rows = 0u64;
+    let mut stream = datafusion::physical_plan::execute_stream(Arc::clone(plan), ctx.task_ctx())?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let keys = converter.convert_columns(&indices.iter().map(|i| Arc::clone(batch.column(*i))).collect::<Vec<_>>())?;
+        let mut in_batch: HashSet<&[u8]> = HashSet::new();
+        for (row, key) in keys.iter().enumerate() {
+            let bytes = key.data();
+            if in_batch.insert(bytes) && !seen.contains(bytes) {
+                seen.insert(bytes.to_vec());
+                tuples.push(
+                    indices
+                        .iter()
+                        .map(|i| ScalarValue::try_from_array(batch.column(*i), row))
+                        .collect::<datafusion::error::Result<Vec<_>>>()?,
+                );
+            }
+        }
+        rows += batch.num_rows() as u64;
+        writer.write(&batch)?;
+    }
+    writer.close()?;
+    Ok((rows, tuples))
 }
 
 fn delta_compatible_schema(schema: &SchemaRef) -> SchemaRef {
