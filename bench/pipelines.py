@@ -4,19 +4,22 @@ same run; print a Markdown table (wall time, peak RSS, ratio to ours) for bench/
 
     streampulse datagen --scale 0.1 --format parquet --out /data/sf0.1
     python3 bench/pipelines.py --data /data/sf0.1 --warehouse /data/wh-sf0.1 [--pipelines A,B,D,E]
-                               [--peers duckdb,polars,pandas,numpy] [--memory-limit 1GiB]
+                               [--peers duckdb,polars,pandas,numpy] [--memory-limits none,1GiB,512MiB]
 
 Ours: `streampulse sql -f sql/pipelines/<script>` (release build preferred: $STREAMPULSE_BIN or the
 cargo target folder) against a warehouse loaded once with sql/load_generated.sql (the load is
-timed too). A = all days of the month in one process (30 runs of the daily script, the audit's
+timed too), once per memory cap asked for (`--memory-limit`; "none" = the default cap). A = all days of the month in one process (30 runs of the daily script, the audit's
 monthly volume); B = run_date the last day; D = the month; E = whole table. Peers:
 bench/peers.py, each in its own process. Peak RSS is the process's own high-water mark
-(getrusage via wait4), so it includes everything the process allocated, pooled or not.
+(getrusage via wait4), so it includes everything the process allocated, pooled or not. For ours
+the table also shows the memory pool's peak (largest over the script's statements) and the bytes
+and files spilled (summed), from `streampulse sql --stats`. Peers run once, beside the first cap.
 """
 
 import argparse
 import json
 import os
+import re
 import platform
 import subprocess
 import sys
@@ -32,7 +35,7 @@ SCRIPTS = {"A": "a_daily_play_counts.sql", "B": "b_recommendations.sql", "D": "d
 
 
 def measure(cmd, env=None):
-    """Run `cmd`; return (seconds, peak RSS in MiB, stdout)."""
+    """Run `cmd`; return (seconds, peak RSS in MiB, stdout, stderr)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "STREAMPULSE_LOG": "warn", **(env or {})})
@@ -42,15 +45,27 @@ def measure(cmd, env=None):
         err.seek(0)
         if os.waitstatus_to_exitcode(status) != 0:
             sys.exit(f"{' '.join(map(str, cmd))} failed:\n{err.read().decode()[-3000:]}")
-        return seconds, usage.ru_maxrss / 1024, out.read().decode()
+        return seconds, usage.ru_maxrss / 1024, out.read().decode(), err.read().decode()
 
 
-def our_command(args, script_text):
+STATS = re.compile(r"\[peak_memory=(\d+) spilled_bytes=(\d+) spill_count=(\d+)\]")
+
+
+def spill_stats(stderr):
+    """Pool peak (max over statements), spilled bytes and spill files (summed) from `--stats` lines."""
+    found = [tuple(map(int, m.groups())) for m in STATS.finditer(stderr)]
+    if not found:
+        return {}
+    return {"pool_peak_mib": max(f[0] for f in found) / 2**20, "spilled_mib": sum(f[1] for f in found) / 2**20,
+            "spill_files": sum(f[2] for f in found)}
+
+
+def our_command(args, script_text, cap=None):
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script_text)
-    cmd = [binary(), "sql", "--warehouse", args.warehouse, "-f", f.name]
-    if args.memory_limit:
-        cmd += ["--memory-limit", args.memory_limit]
+    cmd = [binary(), "sql", "--warehouse", args.warehouse, "--stats", "-f", f.name]
+    if cap:
+        cmd += ["--memory-limit", cap]
     return cmd
 
 
@@ -71,7 +86,8 @@ def main():
     ap.add_argument("--warehouse", required=True)
     ap.add_argument("--pipelines", default="A,B,D,E")
     ap.add_argument("--peers", default="duckdb,polars,pandas,numpy")
-    ap.add_argument("--memory-limit", help="our engine's memory cap (--memory-limit), e.g. 1GiB")
+    ap.add_argument("--memory-limits", default="none",
+                    help="comma-separated caps to run our engine under (--memory-limit), 'none' = default, e.g. none,1GiB,512MiB")
     ap.add_argument("--json", type=Path, help="also write the measurements here")
     args = ap.parse_args()
 
@@ -85,34 +101,42 @@ def main():
     if not (Path(args.warehouse) / "_catalog").exists():
         load = (ROOT / "sql" / "load_generated.sql").read_text()
         load = load.replace("${data}", str(args.data.resolve())).replace("${format}", manifest["format"])
-        secs, rss, _ = measure(our_command(args, load))
+        secs, rss, _, _ = measure(our_command(args, load))
         rows.append({"pipeline": "load", "engine": "streampulse", "seconds": secs, "rss_mib": rss})
         print(f"load: {secs:.1f} s, {rss:.0f} MiB", file=sys.stderr)
     peers = set(args.peers.split(",")) if args.peers else set()
     sys.path.insert(0, str(ROOT / "bench"))
     import peers as peer_module
+    caps = [None if c == "none" else c for c in args.memory_limits.split(",")]
     for p in args.pipelines.split(","):
-        secs, rss, _ = measure(our_command(args, script_for(p, days, month)))
-        rows.append({"pipeline": p, "engine": "streampulse", "seconds": secs, "rss_mib": rss})
-        print(f"{p} streampulse: {secs:.1f} s, {rss:.0f} MiB", file=sys.stderr)
+        for cap in caps:
+            secs, rss, _, err = measure(our_command(args, script_for(p, days, month), cap))
+            rows.append({"pipeline": p, "engine": "streampulse", "cap": cap or "default", "seconds": secs,
+                         "rss_mib": rss, **spill_stats(err)})
+            print(f"{p} streampulse (cap {cap or 'default'}): {secs:.1f} s, {rss:.0f} MiB, {spill_stats(err)}", file=sys.stderr)
         for (peer, pipeline) in sorted(peer_module.PEERS):
             if pipeline != p or peer not in peers:
                 continue
             cmd = [sys.executable, str(ROOT / "bench" / "peers.py"), peer, p, "--data", str(args.data),
                    "--run-date", days[-1], "--month", month]
-            psecs, prss, out = measure(cmd)
+            psecs, prss, out, _ = measure(cmd)
             rows.append({"pipeline": p, "engine": peer, "seconds": psecs, "rss_mib": prss, "output": out.strip()[:200]})
             print(f"{p} {peer}: {psecs:.1f} s, {prss:.0f} MiB -> {out.strip()[:120]}", file=sys.stderr)
 
-    cap = f", memory cap {args.memory_limit}" if args.memory_limit else ""
     print(f"\n{manifest['counts']['plays']:,} plays, SF {manifest['scale_factor']} ({manifest['format']}); "
-          f"{platform.node()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}{cap}\n")
-    print("| pipeline | engine | wall s | peak RSS MiB | wall vs streampulse |")
-    print("|---|---|---|---|---|")
-    ours = {r["pipeline"]: r["seconds"] for r in rows if r["engine"] == "streampulse"}
+          f"{platform.node()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}\n")
+    print("| pipeline | engine | memory cap | wall s | peak RSS MiB | pool peak MiB | spilled MiB (files) | wall vs streampulse |")
+    print("|---|---|---|---|---|---|---|---|")
+    ours = {}
+    for r in rows:
+        if r["engine"] == "streampulse":
+            ours.setdefault(r["pipeline"], r["seconds"])
     for r in rows:
         ratio = r["seconds"] / ours[r["pipeline"]] if r["pipeline"] in ours else 1.0
-        print(f"| {r['pipeline']} | {r['engine']} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {ratio:.2f}x |")
+        pool = f"{r['pool_peak_mib']:.0f}" if "pool_peak_mib" in r else ""
+        spilled = f"{r['spilled_mib']:.0f} ({r['spill_files']})" if "spilled_mib" in r else ""
+        print(f"| {r['pipeline']} | {r['engine']} | {r.get('cap', '')} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | "
+              f"{pool} | {spilled} | {ratio:.2f}x |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
