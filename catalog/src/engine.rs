@@ -1370,6 +1370,47 @@ mod tests {
         assert_eq!(parts, vec!["SELECT ';' AS a", "-- note; here\nCREATE VIEW \"x;y\" AS SELECT 1", "SELECT 2"]);
     }
 
+    /// Engine over `dir` whose queries may each use `query_cap` bytes.
+    async fn engine(dir: &std::path::Path, query_cap: usize) -> Engine {
+        let mut config = EngineConfig::new(dir.to_string_lossy(), 4 << 30);
+        config.query_memory_limit = Some(query_cap);
+        Engine::open(config).await.unwrap()
+    }
+
+    /// The physical plan of `sql` as text.
+    async fn plan_text(engine: &Engine, sql: &str) -> String {
+        let ctx = engine.session();
+        let Planned::Query(plan) = engine.plan_sql(&ctx, sql).await.unwrap() else { panic!("not a query: {sql}") };
+        let physical = engine.physical_plan(&ctx, plan).await.unwrap();
+        datafusion::physical_plan::displayable(physical.as_ref()).indent(false).to_string()
+    }
+
+    #[tokio::test]
+    async fn joins_become_sort_merge_only_when_the_build_side_would_not_fit() {
+        // Two managed tables of 2 M and 1 k rows: Delta's statistics give the row counts. The
+        // 2 M-row build side (~16 MB of keys, x3 for a hash table) is over a quarter of a 16 MiB
+        // per-query cap and well under a quarter of 1 GiB.
+        let dir = tempfile::tempdir().unwrap();
+        let setup = engine(dir.path(), 1 << 30).await;
+        let ctx = setup.session();
+        for sql in [
+            "CREATE TABLE big AS SELECT value AS k FROM generate_series(1, 2000000)",
+            "CREATE TABLE small AS SELECT value AS k FROM generate_series(1, 1000)",
+        ] {
+            let planned = setup.plan_sql(&ctx, sql).await.unwrap();
+            setup.run_command(&ctx, planned).await.unwrap();
+        }
+        let join = "SELECT count(*) FROM big a JOIN big b ON a.k = b.k";
+        let roomy = plan_text(&setup, join).await;
+        assert!(roomy.contains("HashJoinExec") && !roomy.contains("SortMergeJoin"), "{roomy}");
+        let tight = engine(dir.path(), 16 << 20).await;
+        let plan = plan_text(&tight, join).await;
+        assert!(plan.contains("SortMergeJoin") && !plan.contains("HashJoinExec"), "{plan}");
+        // A small build side stays a hash join even under the tight cap.
+        let plan = plan_text(&tight, "SELECT count(*) FROM big a JOIN small b ON a.k = b.k").await;
+        assert!(plan.contains("HashJoinExec") && !plan.contains("SortMergeJoin"), "{plan}");
+    }
+
     #[test]
     fn unicode_before_semicolon_keeps_offsets_right() {
         let parts = split_statements("SELECT 'héllo ☃'; SELECT 'ü'").unwrap();
