@@ -77,6 +77,25 @@ def test_query_over_the_spill_disk_cap_fails_clearly_and_cleans_up(tmp_path):
     assert _spill_files(spill) == []
 
 
+def test_insert_overwrite_stages_its_rows_on_disk_under_the_spill_cap(tmp_path):
+    # INSERT OVERWRITE writes its new rows to a staging file in the spill folder (not memory)
+    # before the Delta commit: the file counts against --spill-max-size and is removed after.
+    spill, wh = tmp_path / "spill", str(tmp_path / "wh")
+    setup = ("CREATE TABLE t (day DATE, k BIGINT, pad VARCHAR) PARTITIONED BY (day); "
+             "INSERT INTO t VALUES (DATE '2026-10-01', 0, 'old'), (DATE '2026-10-02', 0, 'kept')")
+    run_cli("sql", "--warehouse", wh, "-e", setup)
+    overwrite = ("INSERT OVERWRITE t SELECT DATE '2026-10-01', value, repeat('x', 100) "
+                 "FROM generate_series(1, 300000) AS g(value)")
+    r = run_cli("sql", "--warehouse", wh, "--spill-dir", str(spill), "--spill-max-size", "1MiB", "-e", overwrite, check=False)
+    assert r.returncode != 0 and "--spill-max-size" in r.stderr, r.stderr
+    assert _spill_files(spill) == []
+    run_cli("sql", "--warehouse", wh, "--spill-dir", str(spill), "--memory-limit", "64MiB", "-e", overwrite)
+    assert _spill_files(spill) == []
+    r = run_cli("sql", "--warehouse", wh, "--format", "csv", "-e",
+                "SELECT day, count(*) AS n, min(pad) AS pad FROM t GROUP BY day ORDER BY day")
+    assert r.stdout.split() == ["day,n,pad", "2026-10-01,300000," + "x" * 100, "2026-10-02,1,kept"], r.stdout
+
+
 def test_admission_queue_times_out_then_admits(tmp_path):
     s = Server(str(tmp_path / "wh"), extra_args=["--max-concurrent-queries", "1", "--queue-timeout", "1s"],
                log_path=str(tmp_path / "server.log")).start()
