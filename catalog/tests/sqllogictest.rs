@@ -76,7 +76,10 @@ impl AsyncDB for Warehouse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_slt_files() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/slt");
+    // Cargo sets CARGO_MANIFEST_DIR when it runs the test too; prefer that over the compile-time
+    // value so a test binary built in another checkout (shared target dir) reads this one's files.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let dir = PathBuf::from(manifest_dir).join("../tests/slt");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/slt exists")
         .filter_map(|e| e.ok().map(|e| e.path()))

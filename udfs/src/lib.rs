@@ -110,7 +110,10 @@ pub fn reference_markdown() -> String {
 mod tests {
     #[test]
     fn readme_function_reference_is_current() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        // The run-time CARGO_MANIFEST_DIR names this checkout even if the binary was built in another.
+        let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+        let path = std::path::Path::new(&manifest_dir).join("../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(
             readme.contains(&super::reference_markdown()),
             "README's function reference is out of date: paste the output of `streampulse functions`"

@@ -112,24 +112,7 @@ impl WeightedAvgAccumulator {
 
 impl Accumulator for WeightedAvgAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let [vectors, weights] = take_function_args("weighted_avg_vector", values)?;
-        let (vectors, weights) = (as_list("weighted_avg_vector", vectors)?, as_f64("weighted_avg_vector", weights)?);
-        for row in 0..vectors.len() {
-            if weights.is_null(row) {
-                continue;
-            }
-            let w = weights.value(row);
-            if w < 0.0 || w.is_nan() {
-                return exec_err!("weighted_avg_vector: weight must be non-negative, got {w}");
-            }
-            if w == 0.0 {
-                continue;
-            }
-            if let Some(v) = vector("weighted_avg_vector", vectors, row)? {
-                self.add(v, w)?;
-            }
-        }
-        Ok(())
+        for_each_weighted(values, None, |_, v, w| self.add(v, w))
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
@@ -241,8 +224,31 @@ impl WeightedAvgGroups {
     }
 }
 
-fn keep(filter: Option<&BooleanArray>, row: usize) -> bool {
-    filter.is_none_or(|f| f.is_valid(row) && f.value(row))
+/// Calls `f(row, vector, weight)` for each input row with a vector and a positive weight; rows
+/// filtered out, NULL vectors and NULL or zero weights are skipped, negative weights are errors.
+fn for_each_weighted(
+    values: &[ArrayRef],
+    filter: Option<&BooleanArray>,
+    mut f: impl FnMut(usize, &[f64], f64) -> Result<()>,
+) -> Result<()> {
+    let [vectors, weights] = take_function_args("weighted_avg_vector", values)?;
+    let (vectors, weights) = (as_list("weighted_avg_vector", vectors)?, as_f64("weighted_avg_vector", weights)?);
+    for row in 0..vectors.len() {
+        if filter.is_some_and(|f| !(f.is_valid(row) && f.value(row))) || weights.is_null(row) {
+            continue;
+        }
+        let w = weights.value(row);
+        if w < 0.0 || w.is_nan() {
+            return exec_err!("weighted_avg_vector: weight must be non-negative, got {w}");
+        }
+        if w == 0.0 {
+            continue;
+        }
+        if let Some(v) = vector("weighted_avg_vector", vectors, row)? {
+            f(row, v, w)?;
+        }
+    }
+    Ok(())
 }
 
 impl GroupsAccumulator for WeightedAvgGroups {
@@ -253,25 +259,8 @@ impl GroupsAccumulator for WeightedAvgGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        let [vectors, weights] = take_function_args("weighted_avg_vector", values)?;
-        let (vectors, weights) = (as_list("weighted_avg_vector", vectors)?, as_f64("weighted_avg_vector", weights)?);
         self.resize(total_num_groups);
-        for (row, group) in group_indices.iter().enumerate() {
-            if !keep(opt_filter, row) || weights.is_null(row) {
-                continue;
-            }
-            let w = weights.value(row);
-            if w < 0.0 || w.is_nan() {
-                return exec_err!("weighted_avg_vector: weight must be non-negative, got {w}");
-            }
-            if w == 0.0 {
-                continue;
-            }
-            if let Some(v) = vector("weighted_avg_vector", vectors, row)? {
-                self.add(*group, v, w, w)?;
-            }
-        }
-        Ok(())
+        for_each_weighted(values, opt_filter, |row, v, w| self.add(group_indices[row], v, w, w))
     }
 
     fn merge_batch(
