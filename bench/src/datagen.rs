@@ -9,7 +9,7 @@
 //! whatever the number of threads or the order they run in.
 //!
 //! **Shape.** Song and artist popularity are Zipf-distributed (songs are drawn from alias tables
-//! built once from the Zipf weights, O(1) per draw); user activity is heavy-tailed
+//! built once from the Zipf weights, O(1) per draw, one random number and one memory access); user activity is heavy-tailed
 //! (Pareto); plays follow a weekly and hourly rhythm. Each user belongs to one of 20 taste
 //! clusters that prefer two genres: 70 % of a user's plays come from their cluster's genres, and
 //! songs outside their taste are skipped more often. The clusters are written to `truth/` so a
@@ -21,10 +21,12 @@
 //! live events as gzip JSONL under `events/year=YYYY/month=M/day=D/<unix_ts>_<chunk>_<day>_<seq>.gz`
 //! (≈6,500 lines per file, for the last `event_days` days), and `manifest.json`.
 //!
-//! **Speed.** The hot loop draws ~15 numbers per play from ChaCha8 and writes text by hand
-//! (`itoa`, fixed-layout timestamps and JSON) rather than through `format!`/chrono/serde, which
-//! cost more than the sampling; Parquet skips dictionaries for near-unique columns. At SF 1 the
-//! generator writes faster than the disk (bench/RESULTS.md).
+//! **Speed.** Users and songs are drawn a batch at a time from alias tables that hold their
+//! payloads (one random number and one memory access per draw, misses overlapped); each line is
+//! built in a fixed buffer with fixed-size copies (digit pairs, padded names, calendar arithmetic
+//! for timestamps) rather than through `format!`/chrono/serde; event lines reach the gzip encoder
+//! a batch at a time; the dimension tables are written while the plays are generated; Parquet
+//! skips dictionaries for near-unique columns. Measurements in bench/RESULTS.md.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -38,9 +40,9 @@ use chrono::{Datelike, Duration, NaiveDate};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Pareto, Zipf, weighted::WeightedAliasIndex};
+use rand_distr::{Distribution, Pareto, Zipf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use streampulse_udfs::experiments::bucket_of;
@@ -138,6 +140,10 @@ fn chunk_rows(plays: u64) -> u64 {
     (plays / 32).clamp(50_000, 1_000_000)
 }
 const BATCH_ROWS: usize = 65_536;
+/// Users per block of the audience, each block with its own random stream.
+const USER_BLOCK: usize = 65_536;
+/// Random stream ids: 1–3 catalogue, dimensions; 1,000 + chunk for plays; from here, user blocks.
+const USER_STREAMS: u64 = 1 << 40;
 const EVENTS_PER_FILE: usize = 6_500;
 /// Share of a user's plays drawn from their taste cluster's genres.
 const IN_TASTE_SHARE: f64 = 0.7;
@@ -145,6 +151,11 @@ const IN_TASTE_SHARE: f64 = 0.7;
 /// The first day of generated activity (UTC).
 pub fn first_day() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 10, 1).unwrap_or_default()
+}
+
+/// [`first_day`] as days since 1970-01-01.
+fn first_day_epoch_days() -> i64 {
+    first_day().to_epoch_days().into()
 }
 
 pub const GENRES: [&str; 12] = [
@@ -190,14 +201,78 @@ struct Catalog {
     song_artist: Vec<u32>,
     song_genre: Vec<u8>,
     song_duration: Vec<i32>,
-    /// Songs from most to least popular.
-    by_popularity: Vec<SongHot>,
-    /// Zipf(1.05) over popularity ranks: index into `by_popularity`.
-    popularity: WeightedAliasIndex<f64>,
-    /// Per cluster: the songs of its genres, most popular first.
-    cluster_pool: Vec<Vec<SongHot>>,
-    /// Per cluster: Zipf(1.0) over ranks in its pool (None for an empty pool).
-    cluster_popularity: Vec<Option<WeightedAliasIndex<f64>>>,
+    /// Zipf(1.05) over all songs by popularity rank.
+    popularity: AliasTable<SongHot>,
+    /// Per cluster: Zipf(1.0) over the songs of its genres by popularity rank (None if it has none).
+    cluster_popularity: Vec<Option<AliasTable<SongHot>>>,
+}
+
+/// Walker's alias method (Vose's construction) with the payloads in the table: a draw costs one
+/// random `u64` and one memory access. rand_distr's `WeightedAliasIndex` costs two draws and up to
+/// three cache misses per play at SF 1 (odds, alias, then the user or song record), which made
+/// those draws a third of the generator's time.
+///
+/// The slot comes from the high 32 bits by multiply-shift (bias below n / 2³², i.e. < 0.2 % for
+/// 5 M users — immaterial for synthetic data), the coin from the low 32 bits.
+struct AliasTable<T> {
+    entries: Vec<AliasEntry<T>>,
+}
+
+#[derive(Clone, Copy)]
+struct AliasEntry<T> {
+    /// Keep `own` when the coin is below this; otherwise `alias`.
+    threshold: u32,
+    own: T,
+    alias: T,
+}
+
+impl<T: Copy> AliasTable<T> {
+    /// `None` for no weights or weights that are not all finite, non-negative with a positive sum.
+    fn new(weights: &[f64], payload: impl Fn(usize) -> T) -> Option<Self> {
+        let n = weights.len();
+        let sum: f64 = weights.iter().sum();
+        if n == 0 || n > u32::MAX as usize || !(sum > 0.0 && sum.is_finite()) || weights.iter().any(|w| !(*w >= 0.0)) {
+            return None;
+        }
+        let mut p: Vec<f64> = weights.iter().map(|w| w * n as f64 / sum).collect();
+        let mut alias: Vec<usize> = (0..n).collect();
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| p[*i] < 1.0);
+        while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
+            small.pop();
+            alias[s] = l;
+            p[l] -= 1.0 - p[s];
+            if p[l] < 1.0 {
+                large.pop();
+                small.push(l);
+            }
+        }
+        // Whatever is left holds probability 1 up to rounding: it keeps itself.
+        for i in small.into_iter().chain(large) {
+            p[i] = 1.0;
+            alias[i] = i;
+        }
+        let entries = (0..n)
+            .map(|i| AliasEntry {
+                threshold: (p[i] * 4_294_967_296.0).min(u32::MAX as f64) as u32,
+                own: payload(i),
+                // A slot that always keeps itself has itself as alias, so the threshold's rounding
+                // at 1.0 cannot matter.
+                alias: payload(alias[i]),
+            })
+            .collect();
+        Some(Self { entries })
+    }
+
+    #[inline]
+    fn slot(&self, r: u64) -> usize {
+        (((r >> 32) * self.entries.len() as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn pick(&self, r: u64) -> T {
+        let e = &self.entries[self.slot(r)];
+        if (r as u32) < e.threshold { e.own } else { e.alias }
+    }
 }
 
 /// What the plays loop needs of a song, in one place: one cache miss per draw, not four.
@@ -209,21 +284,22 @@ struct SongHot {
     genre: u8,
 }
 
-/// What the plays loop needs of a user, in one place.
+/// What the plays loop needs of a user, in 8 bytes.
 #[derive(Clone, Copy)]
 struct UserHot {
+    /// 0-based user index.
+    index: u32,
     cluster: u8,
     device: u8,
     country: u8,
-    treatment: [bool; 2],
+    /// Bit k: in the treatment of experiment k.
+    treatment: u8,
 }
 
-/// Alias table drawing rank r (0-based) of `n` with probability ∝ (r + 1)^-s: Zipf's law.
-fn zipf_alias(n: usize, s: f64) -> Option<WeightedAliasIndex<f64>> {
-    if n == 0 {
-        return None;
-    }
-    WeightedAliasIndex::new((1..=n).map(|k| (k as f64).powf(-s)).collect()).ok()
+/// Alias table drawing `items[r]` with probability ∝ (r + 1)^-s: Zipf's law over ranks.
+fn zipf_alias<T: Copy>(items: &[T], s: f64) -> Option<AliasTable<T>> {
+    let weights: Vec<f64> = (1..=items.len()).map(|k| (k as f64).powf(-s)).collect();
+    AliasTable::new(&weights, |r| items[r])
 }
 
 /// Users: who they are and how they listen.
@@ -234,9 +310,8 @@ struct Audience {
     device: Vec<u8>,
     signup: Vec<i32>,
     birth_year: Vec<i32>,
-    /// Per user, the columns the plays loop reads.
-    hot: Vec<UserHot>,
-    activity: WeightedAliasIndex<f64>,
+    /// Heavy-tailed activity over users, drawing what the plays loop reads of the user.
+    activity: AliasTable<UserHot>,
 }
 
 /// Generate everything described by `config`.
@@ -258,9 +333,10 @@ pub fn generate(config: &Config) -> Result<Manifest> {
         let p = config.out.join(dir);
         std::fs::create_dir_all(&p).map_err(io_err(&p))?;
     }
-    let catalog = build_catalog(config, &scale);
-    let audience = build_audience(config, &scale)?;
-    write_dimensions(config, &scale, &catalog, &audience)?;
+    let started = std::time::Instant::now();
+    let (catalog, audience) = rayon::join(|| build_catalog(config, &scale), || build_audience(config, &scale));
+    let audience = audience?;
+    tracing::debug!(elapsed = ?started.elapsed(), "datagen: catalogue and audience built");
 
     let chunks = scale.plays.div_ceil(chunk_rows(scale.plays));
     let bar = if config.progress {
@@ -275,13 +351,26 @@ pub fn generate(config: &Config) -> Result<Manifest> {
     };
     let dirty = AtomicU64::new(0);
     let event_files = AtomicU64::new(0);
-    (0..chunks).into_par_iter().try_for_each(|chunk| {
-        let (d, e) = write_plays_chunk(config, &scale, &catalog, &audience, chunk, &bar)?;
-        dirty.fetch_add(d, Ordering::Relaxed);
-        event_files.fetch_add(e, Ordering::Relaxed);
-        Ok::<_, DatagenError>(())
-    })?;
+    // The dimension tables are written by one task while the plays chunks keep the other cores busy.
+    let (dimensions, plays) = rayon::join(
+        || {
+            let r = write_dimensions(config, &scale, &catalog, &audience);
+            tracing::debug!(elapsed = ?started.elapsed(), "datagen: dimension tables written");
+            r
+        },
+        || {
+            (0..chunks).into_par_iter().try_for_each(|chunk| {
+                let (d, e) = write_plays_chunk(config, &scale, &catalog, &audience, chunk, &bar)?;
+                dirty.fetch_add(d, Ordering::Relaxed);
+                event_files.fetch_add(e, Ordering::Relaxed);
+                Ok::<_, DatagenError>(())
+            })
+        },
+    );
+    dimensions?;
+    plays?;
     bar.finish_and_clear();
+    tracing::debug!(elapsed = ?started.elapsed(), "datagen: plays written");
 
     let manifest = Manifest {
         generator: format!("streampulse datagen {}", env!("CARGO_PKG_VERSION")),
@@ -337,16 +426,18 @@ fn build_catalog(config: &Config, scale: &Scale) -> Catalog {
         by_popularity.swap(i, j);
     }
     let hot = |s: u32| SongHot { id: s, artist: song_artist[s as usize], duration: song_duration[s as usize], genre: song_genre[s as usize] };
-    let cluster_pool: Vec<Vec<SongHot>> = (0..CLUSTERS)
+    let cluster_popularity = (0..CLUSTERS)
+        .into_par_iter()
         .map(|c| {
             let genres = cluster_genres(c);
-            by_popularity.iter().copied().filter(|s| genres.contains(&(song_genre[*s as usize] as usize))).map(hot).collect()
+            let pool: Vec<SongHot> =
+                by_popularity.iter().copied().filter(|s| genres.contains(&(song_genre[*s as usize] as usize))).map(hot).collect();
+            zipf_alias(&pool, 1.0)
         })
         .collect();
     let by_popularity: Vec<SongHot> = by_popularity.into_iter().map(hot).collect();
-    let popularity = zipf_alias(by_popularity.len(), 1.05).unwrap_or_else(|| panic!("datagen: the catalogue has at least 500 songs"));
-    let cluster_popularity = cluster_pool.iter().map(|p| zipf_alias(p.len(), 1.0)).collect();
-    Catalog { song_artist, song_genre, song_duration, by_popularity, popularity, cluster_pool, cluster_popularity }
+    let popularity = zipf_alias(&by_popularity, 1.05).unwrap_or_else(|| panic!("datagen: the catalogue has at least 500 songs"));
+    Catalog { song_artist, song_genre, song_duration, popularity, cluster_popularity }
 }
 
 fn weighted_pick(rng: &mut ChaCha8Rng, weights: &[f64]) -> usize {
@@ -362,7 +453,6 @@ fn weighted_pick(rng: &mut ChaCha8Rng, weights: &[f64]) -> usize {
 }
 
 fn build_audience(config: &Config, scale: &Scale) -> Result<Audience> {
-    let mut rng = stream(config.seed, 2);
     let n = scale.users as usize;
     let country_w: Vec<f64> = COUNTRIES.iter().map(|c| c.1).collect();
     let plan_w: Vec<f64> = PLANS.iter().map(|p| p.1).collect();
@@ -374,34 +464,52 @@ fn build_audience(config: &Config, scale: &Scale) -> Result<Audience> {
         device: Vec::with_capacity(n),
         signup: Vec::with_capacity(n),
         birth_year: Vec::with_capacity(n),
-        hot: Vec::new(),
-        activity: WeightedAliasIndex::new(vec![1.0]).map_err(|e| DatagenError::Config(e.to_string()))?,
+        activity: AliasTable { entries: Vec::new() },
     };
     let mut activity = Vec::with_capacity(n);
     let epoch_2015 = NaiveDate::from_ymd_opt(2015, 1, 1).unwrap_or_default().num_days_from_ce();
     let last_signup = first_day().num_days_from_ce() - 1;
-    for _ in 0..n {
-        a.country.push(weighted_pick(&mut rng, &country_w) as u8);
-        a.plan.push(weighted_pick(&mut rng, &plan_w) as u8);
-        a.cluster.push(rng.random_range(0..CLUSTERS) as u8);
-        a.device.push(rng.random_range(0..DEVICES.len()) as u8);
-        a.signup.push(rng.random_range(epoch_2015..=last_signup) - 719_163);
-        a.birth_year.push(rng.random_range(1950..=2010));
-        activity.push(pareto.sample(&mut rng).min(1_000.0));
+    // Users come in fixed blocks, each with its own stream: parallel, and the same whatever the
+    // thread count.
+    let blocks: Vec<_> = (0..n.div_ceil(USER_BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let mut rng = stream(config.seed, USER_STREAMS + b as u64);
+            let rows = USER_BLOCK.min(n - b * USER_BLOCK);
+            (0..rows)
+                .map(|_| {
+                    (
+                        weighted_pick(&mut rng, &country_w) as u8,
+                        weighted_pick(&mut rng, &plan_w) as u8,
+                        rng.random_range(0..CLUSTERS) as u8,
+                        rng.random_range(0..DEVICES.len()) as u8,
+                        rng.random_range(epoch_2015..=last_signup) - 719_163,
+                        rng.random_range(1950..=2010),
+                        pareto.sample(&mut rng).min(1_000.0),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (country, plan, cluster, device, signup, birth_year, weight) in blocks.into_iter().flatten() {
+        a.country.push(country);
+        a.plan.push(plan);
+        a.cluster.push(cluster);
+        a.device.push(device);
+        a.signup.push(signup);
+        a.birth_year.push(birth_year);
+        activity.push(weight);
     }
-    a.hot = (0..n)
+    let hot: Vec<UserHot> = (0..n)
         .into_par_iter()
         .map(|i| {
             let u = i as u64 + 1;
-            UserHot {
-                cluster: a.cluster[i],
-                device: a.device[i],
-                country: a.country[i],
-                treatment: [in_treatment(u, EXPERIMENTS[0].2), in_treatment(u, EXPERIMENTS[1].2)],
-            }
+            let treatment = EXPERIMENTS.iter().enumerate().map(|(k, e)| u8::from(in_treatment(u, e.2)) << k).sum();
+            UserHot { index: i as u32, cluster: a.cluster[i], device: a.device[i], country: a.country[i], treatment }
         })
         .collect();
-    a.activity = WeightedAliasIndex::new(activity).map_err(|e| DatagenError::Config(e.to_string()))?;
+    a.activity = AliasTable::new(&activity, |i| hot[i])
+        .ok_or_else(|| DatagenError::Config("user activity weights must be positive and finite".into()))?;
     Ok(a)
 }
 
@@ -588,6 +696,12 @@ impl Plays {
         self.play_id.len()
     }
 
+    /// Microseconds since the midnight of row `i`'s day, given the first day's midnight.
+    #[inline]
+    fn micros_of_day(&self, i: usize, day0_micros: i64) -> u64 {
+        (self.played_at[i] - day0_micros - self.day[i] as i64 * 86_400_000_000) as u64
+    }
+
     /// Empties the batch, keeping its buffers.
     fn clear(&mut self) {
         self.play_id.clear();
@@ -639,41 +753,199 @@ impl Plays {
     }
 }
 
-/// Appends `micros` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (what chrono's
-/// `%Y-%m-%dT%H:%M:%S%.3fZ` gives, for years 0–9999), without a format string.
-fn push_timestamp(out: &mut Vec<u8>, micros: i64) {
-    fn two(out: &mut Vec<u8>, v: u32) {
-        out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
+/// One line of text (a CSV row or a JSON object) built in a fixed buffer. Every copy has a size
+/// known at compile time, so none becomes a `memcpy` call: with `itoa` and `extend_from_slice`,
+/// the ~11 small copies per row were a tenth of the generator's time.
+struct Line {
+    buf: [u8; Line::CAPACITY],
+    len: usize,
+}
+
+/// Two decimal digits of 0–99.
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546474849\
+5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+/// A short string padded to 16 bytes, copied whole and then counted by its length.
+#[derive(Clone, Copy)]
+struct Padded {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl Padded {
+    const fn new(s: &str) -> Self {
+        let mut bytes = [b' '; 16];
+        let src = s.as_bytes();
+        assert!(src.len() <= 16, "padded strings hold at most 16 bytes");
+        let mut i = 0;
+        while i < src.len() {
+            bytes[i] = src[i];
+            i += 1;
+        }
+        Padded { bytes, len: src.len() }
     }
-    let secs = micros.div_euclid(1_000_000);
-    let millis = (micros.rem_euclid(1_000_000) / 1_000) as u32;
-    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
-    let date = NaiveDate::from_num_days_from_ce_opt((days + 719_163) as i32).unwrap_or_default();
-    let year = date.year().clamp(0, 9_999) as u32;
-    two(out, year / 100);
-    two(out, year % 100);
-    out.push(b'-');
-    two(out, date.month());
-    out.push(b'-');
-    two(out, date.day());
-    out.push(b'T');
-    two(out, of_day / 3_600);
-    out.push(b':');
-    two(out, of_day / 60 % 60);
-    out.push(b':');
-    two(out, of_day % 60);
-    out.push(b'.');
-    out.extend_from_slice(&[b'0' + (millis / 100) as u8, b'0' + (millis / 10 % 10) as u8, b'0' + (millis % 10) as u8]);
-    out.push(b'Z');
 }
 
-/// Appends an integer in decimal.
-fn push_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+const TRUE: Padded = Padded::new("true");
+const FALSE: Padded = Padded::new("false");
+const SOURCE_NAMES: [Padded; SOURCES.len()] = {
+    let mut out = [Padded::new(""); SOURCES.len()];
+    let mut i = 0;
+    while i < SOURCES.len() {
+        out[i] = Padded::new(SOURCES[i]);
+        i += 1;
+    }
+    out
+};
+const DEVICE_NAMES: [Padded; DEVICES.len()] = {
+    let mut out = [Padded::new(""); DEVICES.len()];
+    let mut i = 0;
+    while i < DEVICES.len() {
+        out[i] = Padded::new(DEVICES[i]);
+        i += 1;
+    }
+    out
+};
+const COUNTRY_NAMES: [Padded; COUNTRIES.len()] = {
+    let mut out = [Padded::new(""); COUNTRIES.len()];
+    let mut i = 0;
+    while i < COUNTRIES.len() {
+        out[i] = Padded::new(COUNTRIES[i].0);
+        i += 1;
+    }
+    out
+};
+
+impl Line {
+    /// Longer than any line written (a JSON event is ~230 bytes).
+    const CAPACITY: usize = 512;
+
+    fn new() -> Self {
+        Line { buf: [0; Line::CAPACITY], len: 0 }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    #[inline]
+    fn lit<const N: usize>(&mut self, s: &[u8; N]) {
+        self.buf[self.len..self.len + N].copy_from_slice(s);
+        self.len += N;
+    }
+
+    #[inline]
+    fn padded(&mut self, p: &Padded) {
+        self.buf[self.len..self.len + 16].copy_from_slice(&p.bytes);
+        self.len += p.len;
+    }
+
+    #[inline]
+    fn bool(&mut self, v: bool) {
+        self.padded(if v { &TRUE } else { &FALSE });
+    }
+
+    /// A non-negative integer in decimal (negative values are written as 0: none occur).
+    #[inline]
+    fn int(&mut self, v: i64) {
+        let mut v = v.max(0) as u64;
+        let digits = v.checked_ilog10().unwrap_or(0) as usize + 1;
+        let out = &mut self.buf[self.len..self.len + 20];
+        let mut end = digits;
+        while v >= 100 {
+            let d = (v % 100) as usize * 2;
+            v /= 100;
+            out[end - 2..end].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+            end -= 2;
+        }
+        if v >= 10 {
+            out[..2].copy_from_slice(&DIGIT_PAIRS[v as usize * 2..v as usize * 2 + 2]);
+        } else {
+            out[0] = b'0' + v as u8;
+        }
+        self.len += digits;
+    }
+
+    /// `micros` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (what chrono's
+    /// `%Y-%m-%dT%H:%M:%S%.3fZ` gives, for years 0–9999), without a format string: the date
+    /// comes from Howard Hinnant's `civil_from_days`.
+    #[cfg(test)]
+    fn timestamp(&mut self, micros: i64) {
+        let days = micros.div_euclid(86_400_000_000);
+        self.timestamp_on(&date_prefix(days), micros.rem_euclid(86_400_000_000) as u64);
+    }
+
+    /// A timestamp given its date's `YYYY-MM-DDT` (see [`date_prefix`]) and the microseconds
+    /// since that midnight: the plays loop knows each play's day, so the calendar is done once
+    /// per day rather than once per row.
+    #[inline]
+    fn timestamp_on(&mut self, date: &[u8; 11], micros_of_day: u64) {
+        fn pair(b: &mut [u8; 24], at: usize, v: u64) {
+            let v = (v % 100) as usize * 2;
+            b[at] = DIGIT_PAIRS[v];
+            b[at + 1] = DIGIT_PAIRS[v + 1];
+        }
+        let secs = micros_of_day / 1_000_000;
+        let millis = micros_of_day % 1_000_000 / 1_000;
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        b[..11].copy_from_slice(date);
+        pair(&mut b, 11, secs / 3_600);
+        pair(&mut b, 14, secs / 60 % 60);
+        pair(&mut b, 17, secs % 60);
+        b[20] = b'0' + (millis / 100 % 10) as u8;
+        pair(&mut b, 21, millis);
+        self.lit(&b);
+    }
 }
 
-fn push_bool(out: &mut Vec<u8>, v: bool) {
-    out.extend_from_slice(if v { b"true" } else { b"false" });
+/// `YYYY-MM-DDT` of the day `days` after 1970-01-01 (years clamped to 0–9999).
+fn date_prefix(days: i64) -> [u8; 11] {
+    let (year, month, day) = civil_from_days(days);
+    let year = year.clamp(0, 9_999) as usize;
+    let mut b = *b"0000-00-00T";
+    for (at, v) in [(0, year / 100), (2, year % 100), (5, month as usize), (8, day as usize)] {
+        b[at..at + 2].copy_from_slice(&DIGIT_PAIRS[v * 2..v * 2 + 2]);
+    }
+    b
+}
+
+/// (year, month, day) of the proleptic Gregorian calendar for days since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// An open gzip JSONL file of live events.
+struct EventFile {
+    path: PathBuf,
+    encoder: GzEncoder<BufWriter<File>>,
+    lines: usize,
+    pending: Vec<u8>,
+}
+
+impl EventFile {
+    fn flush_pending(&mut self) -> Result<()> {
+        self.encoder.write_all(&self.pending).map_err(io_err(&self.path))?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.flush_pending()?;
+        self.encoder.finish().map_err(io_err(&self.path))?;
+        Ok(())
+    }
 }
 
 /// Writes a chunk's plays to its file and, for event days, to gzip JSONL files.
@@ -683,12 +955,19 @@ struct ChunkWriter<'a> {
     path: PathBuf,
     csv: Option<BufWriter<File>>,
     parquet: Option<parquet::arrow::ArrowWriter<File>>,
-    events: Vec<Option<(GzEncoder<BufWriter<File>>, usize, u64)>>,
+    /// Per day: the open event file, its line count and lines not yet given to the encoder
+    /// (handed over a batch at a time: per-line writes cost more in the encoder than compressing).
+    events: Vec<Option<EventFile>>,
     event_seq: Vec<u64>,
     event_files: u64,
     dirty: u64,
-    /// Reused text buffer: a batch of CSV rows or one JSON line.
+    /// Reused text buffer: a batch of CSV rows.
     text: Vec<u8>,
+    line: Line,
+    /// `YYYY-MM-DDT` of each generated day.
+    dates: Vec<[u8; 11]>,
+    /// Midnight of the first day, in microseconds since the epoch.
+    day0_micros: i64,
 }
 
 impl<'a> ChunkWriter<'a> {
@@ -727,38 +1006,44 @@ impl<'a> ChunkWriter<'a> {
             event_files: 0,
             dirty: 0,
             text: Vec::with_capacity(BATCH_ROWS * 128),
+            line: Line::new(),
+            dates: (0..DAYS as i64).map(|d| date_prefix(first_day_epoch_days() + d)).collect(),
+            day0_micros: first_day_epoch_days() * 86_400_000_000,
         })
     }
 
     fn write(&mut self, plays: &Plays, rng: &mut ChaCha8Rng) -> Result<()> {
         if let Some(w) = self.csv.as_mut() {
-            let out = &mut self.text;
+            let (out, line) = (&mut self.text, &mut self.line);
             out.clear();
             for i in 0..plays.len() {
+                line.clear();
                 for v in [plays.play_id[i], plays.user_id[i], plays.song_id[i], plays.artist_id[i]] {
-                    push_int(out, v);
-                    out.push(b',');
+                    line.int(v);
+                    line.lit(b",");
                 }
-                push_timestamp(out, plays.played_at[i]);
-                out.push(b',');
+                line.timestamp_on(&self.dates[plays.day[i] as usize], plays.micros_of_day(i, self.day0_micros));
+                line.lit(b",");
                 if self.config.dirty_fraction > 0.0 && rng.random_bool(self.config.dirty_fraction) {
                     self.dirty += 1;
                     // A malformed row: a non-numeric ms_played and missing columns.
-                    out.extend_from_slice(b"not_a_number,");
-                    push_bool(out, plays.skipped[i]);
-                    out.push(b'\n');
+                    line.lit(b"not_a_number,");
+                    line.bool(plays.skipped[i]);
+                    line.lit(b"\n");
+                    out.extend_from_slice(line.as_bytes());
                     continue;
                 }
-                push_int(out, plays.ms_played[i]);
-                out.push(b',');
-                push_bool(out, plays.skipped[i]);
-                for name in [SOURCES[plays.source[i] as usize], DEVICES[plays.device[i] as usize], COUNTRIES[plays.country[i] as usize].0] {
-                    out.push(b',');
-                    out.extend_from_slice(name.as_bytes());
+                line.int(plays.ms_played[i].into());
+                line.lit(b",");
+                line.bool(plays.skipped[i]);
+                for name in [&SOURCE_NAMES[plays.source[i] as usize], &DEVICE_NAMES[plays.device[i] as usize], &COUNTRY_NAMES[plays.country[i] as usize]] {
+                    line.lit(b",");
+                    line.padded(name);
                 }
-                out.push(b',');
-                push_int(out, plays.session_id[i]);
-                out.push(b'\n');
+                line.lit(b",");
+                line.int(plays.session_id[i]);
+                line.lit(b"\n");
+                out.extend_from_slice(line.as_bytes());
             }
             w.write_all(out).map_err(io_err(&self.path))?;
         }
@@ -786,43 +1071,48 @@ impl<'a> ChunkWriter<'a> {
                 let ts = plays.played_at[i] / 1_000_000;
                 let path = dir.join(format!("{ts}_{}_{}_{seq}.gz", self.chunk, day));
                 let file = File::create(&path).map_err(io_err(&path))?;
-                *slot = Some((GzEncoder::new(BufWriter::new(file), Compression::fast()), 0, 0));
+                let encoder = GzEncoder::new(BufWriter::new(file), Compression::fast());
+                *slot = Some(EventFile { path, encoder, lines: 0, pending: Vec::with_capacity(1 << 20) });
                 self.event_files += 1;
             }
-            if let Some((w, lines, _)) = slot.as_mut() {
+            if let Some(file) = slot.as_mut() {
                 // One JSON object per line; the names (SOURCES, DEVICES, COUNTRIES) need no escaping.
-                let line = &mut self.text;
+                let line = &mut self.line;
                 line.clear();
-                for (key, v) in [("{\"play_id\":", plays.play_id[i]), (",\"user_id\":", plays.user_id[i]),
-                    (",\"song_id\":", plays.song_id[i]), (",\"artist_id\":", plays.artist_id[i])]
-                {
-                    line.extend_from_slice(key.as_bytes());
-                    push_int(line, v);
-                }
-                line.extend_from_slice(b",\"played_at\":\"");
-                push_timestamp(line, plays.played_at[i]);
-                line.extend_from_slice(b"\",\"ms_played\":");
-                push_int(line, plays.ms_played[i]);
-                line.extend_from_slice(b",\"skipped\":");
-                push_bool(line, plays.skipped[i]);
-                for (key, name) in [(",\"source\":\"", SOURCES[plays.source[i] as usize]), (",\"device\":\"", DEVICES[plays.device[i] as usize]),
-                    (",\"country\":\"", COUNTRIES[plays.country[i] as usize].0)]
-                {
-                    line.extend_from_slice(key.as_bytes());
-                    line.extend_from_slice(name.as_bytes());
-                    line.push(b'"');
-                }
-                line.extend_from_slice(b",\"session_id\":");
-                push_int(line, plays.session_id[i]);
-                line.extend_from_slice(b"}\n");
-                w.write_all(line).map_err(io_err(&self.path))?;
-                *lines += 1;
-                if *lines >= EVENTS_PER_FILE {
-                    if let Some((w, _, _)) = slot.take() {
-                        w.finish().map_err(io_err(&self.path))?;
+                line.lit(b"{\"play_id\":");
+                line.int(plays.play_id[i]);
+                line.lit(b",\"user_id\":");
+                line.int(plays.user_id[i]);
+                line.lit(b",\"song_id\":");
+                line.int(plays.song_id[i]);
+                line.lit(b",\"artist_id\":");
+                line.int(plays.artist_id[i]);
+                line.lit(b",\"played_at\":\"");
+                line.timestamp_on(&self.dates[plays.day[i] as usize], plays.micros_of_day(i, self.day0_micros));
+                line.lit(b"\",\"ms_played\":");
+                line.int(plays.ms_played[i].into());
+                line.lit(b",\"skipped\":");
+                line.bool(plays.skipped[i]);
+                line.lit(b",\"source\":\"");
+                line.padded(&SOURCE_NAMES[plays.source[i] as usize]);
+                line.lit(b"\",\"device\":\"");
+                line.padded(&DEVICE_NAMES[plays.device[i] as usize]);
+                line.lit(b"\",\"country\":\"");
+                line.padded(&COUNTRY_NAMES[plays.country[i] as usize]);
+                line.lit(b"\",\"session_id\":");
+                line.int(plays.session_id[i]);
+                line.lit(b"}\n");
+                file.pending.extend_from_slice(line.as_bytes());
+                file.lines += 1;
+                if file.lines >= EVENTS_PER_FILE {
+                    if let Some(file) = slot.take() {
+                        file.finish()?;
                     }
                 }
             }
+        }
+        for file in self.events.iter_mut().flatten() {
+            file.flush_pending()?;
         }
         Ok(())
     }
@@ -834,8 +1124,8 @@ impl<'a> ChunkWriter<'a> {
         if let Some(w) = self.parquet.take() {
             w.close().map_err(|source| DatagenError::Parquet { path: self.path.clone(), source })?;
         }
-        for (w, _, _) in self.events.iter_mut().filter_map(Option::take) {
-            w.finish().map_err(io_err(&self.path))?;
+        for file in self.events.iter_mut().filter_map(Option::take) {
+            file.finish()?;
         }
         Ok((self.dirty, self.event_files))
     }
@@ -857,54 +1147,68 @@ fn write_plays_chunk(
         let weekday = (first_day() + Duration::days(d as i64)).weekday().num_days_from_monday();
         if weekday >= 5 { 1.2 } else { 1.0 }
     }).collect();
-    let day_index = WeightedAliasIndex::new(day_weights).map_err(|e| DatagenError::Config(e.to_string()))?;
-    let hour_index = WeightedAliasIndex::new(HOUR_WEIGHTS.to_vec()).map_err(|e| DatagenError::Config(e.to_string()))?;
+    // Day and hour in one draw: weekly rhythm × daily rhythm.
+    let day_hour_weights: Vec<f64> = day_weights.iter().flat_map(|d| HOUR_WEIGHTS.iter().map(move |h| d * h)).collect();
+    let day_hour = AliasTable::new(&day_hour_weights, |i| ((i / 24) as u32, (i % 24) as i64))
+        .ok_or_else(|| DatagenError::Config("day and hour weights".into()))?;
     let day0 = first_day().and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros()).unwrap_or_default();
 
     let mut writer = ChunkWriter::new(config, chunk)?;
     let mut plays = Plays::default();
-    for row in start..end {
-        let u = audience.activity.sample(&mut rng);
-        let user = audience.hot[u];
-        let cluster = user.cluster as usize;
-        let song = match &catalog.cluster_popularity[cluster] {
-            Some(z) if rng.random_bool(IN_TASTE_SHARE) => catalog.cluster_pool[cluster][z.sample(&mut rng)],
-            _ => catalog.by_popularity[catalog.popularity.sample(&mut rng)],
-        };
-        let in_taste = cluster_genres(cluster).contains(&(song.genre as usize));
-        let mut skip_p = if in_taste { 0.15 } else { 0.35 };
-        for (k, e) in EXPERIMENTS.iter().enumerate() {
-            if user.treatment[k] {
-                skip_p *= e.3;
+    // Users and songs are drawn a batch at a time in tight loops of independent table lookups, so
+    // the CPU overlaps their cache misses (the user table is ~100 MB at SF 1); then each play is
+    // built from them.
+    let mut draws: Vec<u64> = Vec::with_capacity(BATCH_ROWS);
+    let mut users: Vec<UserHot> = Vec::with_capacity(BATCH_ROWS);
+    let mut song_draws: Vec<(&AliasTable<SongHot>, u64)> = Vec::with_capacity(BATCH_ROWS);
+    let mut songs: Vec<SongHot> = Vec::with_capacity(BATCH_ROWS);
+    for batch_start in (start..end).step_by(BATCH_ROWS) {
+        let n = (end - batch_start).min(BATCH_ROWS as u64) as usize;
+        draws.clear();
+        draws.extend((0..n).map(|_| rng.next_u64()));
+        users.clear();
+        users.extend(draws.iter().map(|r| audience.activity.pick(*r)));
+        song_draws.clear();
+        song_draws.extend(users.iter().map(|user| match &catalog.cluster_popularity[user.cluster as usize] {
+            Some(pool) if rng.random_bool(IN_TASTE_SHARE) => (pool, rng.next_u64()),
+            _ => (&catalog.popularity, rng.next_u64()),
+        }));
+        songs.clear();
+        songs.extend(song_draws.iter().map(|(table, r)| table.pick(*r)));
+
+        for (k, (user, song)) in users.iter().zip(&songs).enumerate() {
+            let cluster = user.cluster as usize;
+            let in_taste = cluster_genres(cluster).contains(&(song.genre as usize));
+            let mut skip_p = if in_taste { 0.15 } else { 0.35 };
+            for (e, experiment) in EXPERIMENTS.iter().enumerate() {
+                if user.treatment >> e & 1 == 1 {
+                    skip_p *= experiment.3;
+                }
             }
+            let skipped = rng.random_bool(skip_p);
+            let duration = song.duration;
+            let ms_played = if skipped { rng.random_range(1_000..30_000) } else { (duration as f64 * rng.random_range(0.5..=1.0)) as i32 };
+            let (day, hour) = day_hour.pick(rng.next_u64());
+            // Uniform within the hour by multiply-shift of 32 random bits.
+            let within_hour = ((rng.next_u64() >> 32) * 3_600_000_000) >> 32;
+            let micros = day0 + (day as i64 * 86_400 + hour * 3_600) * 1_000_000 + within_hour as i64;
+            let user_id = user.index as i64 + 1;
+            plays.play_id.push((batch_start + k as u64) as i64 + 1);
+            plays.user_id.push(user_id);
+            plays.song_id.push(song.id as i64 + 1);
+            plays.artist_id.push(song.artist as i64 + 1);
+            plays.played_at.push(micros);
+            plays.ms_played.push(ms_played);
+            plays.skipped.push(skipped);
+            plays.source.push(rng.random_range(0..SOURCES.len()) as u8);
+            plays.device.push(if rng.random_bool(0.8) { user.device } else { rng.random_range(0..DEVICES.len()) as u8 });
+            plays.country.push(user.country);
+            plays.session_id.push(user_id * 1_000 + day as i64 * 24 + hour);
+            plays.day.push(day);
         }
-        let skipped = rng.random_bool(skip_p);
-        let duration = song.duration;
-        let ms_played = if skipped { rng.random_range(1_000..30_000) } else { (duration as f64 * rng.random_range(0.5..=1.0)) as i32 };
-        let day = day_index.sample(&mut rng) as u32;
-        let hour = hour_index.sample(&mut rng) as i64;
-        let micros = day0 + (day as i64 * 86_400 + hour * 3_600 + rng.random_range(0..3_600)) * 1_000_000 + rng.random_range(0..1_000_000);
-        plays.play_id.push(row as i64 + 1);
-        plays.user_id.push(u as i64 + 1);
-        plays.song_id.push(song.id as i64 + 1);
-        plays.artist_id.push(song.artist as i64 + 1);
-        plays.played_at.push(micros);
-        plays.ms_played.push(ms_played);
-        plays.skipped.push(skipped);
-        plays.source.push(rng.random_range(0..SOURCES.len()) as u8);
-        plays.device.push(if rng.random_bool(0.8) { user.device } else { rng.random_range(0..DEVICES.len()) as u8 });
-        plays.country.push(user.country);
-        plays.session_id.push((u as i64 + 1) * 1_000 + day as i64 * 24 + hour);
-        plays.day.push(day);
-        if plays.len() == BATCH_ROWS {
-            writer.write(&plays, &mut rng)?;
-            bar.inc(plays.len() as u64);
-            plays.clear();
-        }
-    }
-    if plays.len() > 0 {
         writer.write(&plays, &mut rng)?;
         bar.inc(plays.len() as u64);
+        plays.clear();
     }
     writer.finish()
 }
@@ -971,10 +1275,55 @@ mod tests {
     }
 
     #[test]
+    fn alias_table_draws_in_proportion_to_weights() {
+        let weights = [1.0, 2.0, 0.0, 3.0, 4.0, 0.5, 9.5];
+        let table = AliasTable::new(&weights, |i| i).unwrap();
+        let mut rng = stream(1, 1);
+        let draws = 2_000_000;
+        let mut counts = [0usize; 7];
+        for _ in 0..draws {
+            counts[table.pick(rng.next_u64())] += 1;
+        }
+        let total: f64 = weights.iter().sum();
+        for (i, w) in weights.iter().enumerate() {
+            let expected = w / total * draws as f64;
+            // Five standard deviations of a binomial count.
+            let sd = (expected * (1.0 - w / total)).sqrt();
+            assert!((counts[i] as f64 - expected).abs() <= 5.0 * sd, "item {i}: {} draws, expected {expected:.0}", counts[i]);
+        }
+        assert_eq!(counts[2], 0, "a zero weight is never drawn");
+        assert!(AliasTable::new(&[], |i| i).is_none());
+        assert!(AliasTable::new(&[0.0, 0.0], |i| i).is_none());
+        assert!(AliasTable::new(&[1.0, -1.0, 2.0], |i| i).is_none());
+        assert!(AliasTable::new(&[1.0, f64::NAN], |i| i).is_none());
+        // One item always draws itself.
+        let one = AliasTable::new(&[3.0], |i| i).unwrap();
+        assert!((0..1_000).all(|_| one.pick(rng.next_u64()) == 0));
+    }
+
+    #[test]
+    fn hand_written_integers_and_names_match_std() {
+        let mut line = Line::new();
+        for v in [0i64, 1, 9, 10, 99, 100, 101, 999, 1_000, 65_536, 123_456_789, 99_999_999_999, i64::MAX] {
+            line.clear();
+            line.int(v);
+            line.lit(b",");
+            line.padded(&SOURCE_NAMES[4]);
+            line.bool(v % 2 == 0);
+            assert_eq!(String::from_utf8(line.as_bytes().to_vec()).unwrap(), format!("{v},{}{}", SOURCES[4], v % 2 == 0));
+        }
+    }
+
+    #[test]
     fn hand_written_timestamps_match_chrono() {
-        for micros in [0, 1_791_072_000_123_456, 1_793_577_599_999_999, 946_684_800_000_000, -1_000, 253_402_300_799_999_000] {
-            let mut out = Vec::new();
-            push_timestamp(&mut out, micros);
+        let every_day_1999_2101 = (10_592..48_000).map(|d: i64| d * 86_400_000_000 + 45_296_789_000);
+        for micros in [0, 1_791_072_000_123_456, 1_793_577_599_999_999, 946_684_800_000_000, -1_000, 253_402_300_799_999_000]
+            .into_iter()
+            .chain(every_day_1999_2101)
+        {
+            let mut line = Line::new();
+            line.timestamp(micros);
+            let out = line.as_bytes().to_vec();
             let expected = chrono::DateTime::from_timestamp_micros(micros).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
             assert_eq!(String::from_utf8(out).unwrap(), expected, "{micros}");
         }
@@ -993,10 +1342,14 @@ mod tests {
             }
             let mut text = String::new();
             std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(File::open(&p).unwrap()), &mut text).unwrap();
+            // The folder names the day of every event in it.
+            let folder = p.parent().unwrap().to_string_lossy().to_string();
             for line in text.lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
                 assert_eq!(v.as_object().unwrap().len(), 11, "{line}");
+                let at = chrono::DateTime::parse_from_rfc3339(v["played_at"].as_str().unwrap()).unwrap();
                 assert!(v["played_at"].as_str().unwrap().ends_with('Z'));
+                assert!(folder.ends_with(&format!("year={}/month={}/day={}", at.year(), at.month(), at.day())), "{folder}: {line}");
                 assert!(v["skipped"].is_boolean() && v["user_id"].is_i64());
                 lines += 1;
             }
