@@ -788,33 +788,27 @@ impl Padded {
 
 const TRUE: Padded = Padded::new("true");
 const FALSE: Padded = Padded::new("false");
-const SOURCE_NAMES: [Padded; SOURCES.len()] = {
-    let mut out = [Padded::new(""); SOURCES.len()];
-    let mut i = 0;
-    while i < SOURCES.len() {
-        out[i] = Padded::new(SOURCES[i]);
-        i += 1;
-    }
-    out
-};
-const DEVICE_NAMES: [Padded; DEVICES.len()] = {
-    let mut out = [Padded::new(""); DEVICES.len()];
-    let mut i = 0;
-    while i < DEVICES.len() {
-        out[i] = Padded::new(DEVICES[i]);
-        i += 1;
-    }
-    out
-};
-const COUNTRY_NAMES: [Padded; COUNTRIES.len()] = {
-    let mut out = [Padded::new(""); COUNTRIES.len()];
+const SOURCE_NAMES: [Padded; SOURCES.len()] = padded_names(SOURCES);
+const DEVICE_NAMES: [Padded; DEVICES.len()] = padded_names(DEVICES);
+const COUNTRY_NAMES: [Padded; COUNTRIES.len()] = padded_names({
+    let mut codes = [""; COUNTRIES.len()];
     let mut i = 0;
     while i < COUNTRIES.len() {
-        out[i] = Padded::new(COUNTRIES[i].0);
+        codes[i] = COUNTRIES[i].0;
+        i += 1;
+    }
+    codes
+});
+
+const fn padded_names<const N: usize>(names: [&str; N]) -> [Padded; N] {
+    let mut out = [Padded::new(""); N];
+    let mut i = 0;
+    while i < N {
+        out[i] = Padded::new(names[i]);
         i += 1;
     }
     out
-};
+}
 
 impl Line {
     /// Longer than any line written (a JSON event is ~230 bytes).
