@@ -231,7 +231,7 @@ impl<T: Copy> AliasTable<T> {
     fn new(weights: &[f64], payload: impl Fn(usize) -> T) -> Option<Self> {
         let n = weights.len();
         let sum: f64 = weights.iter().sum();
-        if n == 0 || n > u32::MAX as usize || !(sum > 0.0 && sum.is_finite()) || weights.iter().any(|w| !(*w >= 0.0)) {
+        if n == 0 || n > u32::MAX as usize || !(sum > 0.0 && sum.is_finite()) || weights.iter().any(|w| w.is_nan() || *w < 0.0) {
             return None;
         }
         let mut p: Vec<f64> = weights.iter().map(|w| w * n as f64 / sum).collect();
@@ -559,7 +559,7 @@ fn write_dimensions(config: &Config, scale: &Scale, catalog: &Catalog, audience:
     ))?;
     // songs with audio features around their genre's centroid
     let s = scale.songs as usize;
-    let mut features: Vec<Vec<f64>> = vec![Vec::with_capacity(s); 7];
+    let mut features: Vec<Vec<f64>> = (0..7).map(|_| Vec::with_capacity(s)).collect();
     let mut tempo = Vec::with_capacity(s);
     let mut release = Vec::with_capacity(s);
     for i in 0..s {
@@ -1098,10 +1098,10 @@ impl<'a> ChunkWriter<'a> {
                 line.lit(b"}\n");
                 file.pending.extend_from_slice(line.as_bytes());
                 file.lines += 1;
-                if file.lines >= EVENTS_PER_FILE {
-                    if let Some(file) = slot.take() {
-                        file.finish()?;
-                    }
+                if file.lines >= EVENTS_PER_FILE
+                    && let Some(file) = slot.take()
+                {
+                    file.finish()?;
                 }
             }
         }
