@@ -107,6 +107,17 @@ def test_ingest_create_append_replace(conn):
     assert cur.adbc_ingest("subs2", data.slice(0, 5), mode="create_append", db_schema_name="landing") == 5
     cur.execute("SELECT count(*) FROM landing.subs2")
     assert cur.fetchone() == (10,)
+    # Appending matches the table's columns by position and casts to their types.
+    narrow = pa.table({"u": pa.array([7], pa.int32()), "p": ["x"], "a": pa.array([1], pa.int32()),
+                       "s": data["seen_at"].slice(0, 1), "n": pa.array([1], pa.uint16())})
+    assert cur.adbc_ingest("subs2", narrow, mode="append", db_schema_name="landing") == 1
+    cur.execute("SELECT user_id, amount FROM landing.subs2 WHERE plan = 'x'")
+    assert cur.fetchall() == [(7, 1.0)]
+    with pytest.raises(Error) as e:
+        cur.adbc_ingest("subs2", data.select(["user_id", "plan"]), mode="append", db_schema_name="landing")
+    assert "ingested data has 2 columns, landing.subs2 has 5" in str(e.value)
+    cur.execute("SELECT count(*) FROM landing.subs2")
+    assert cur.fetchone() == (11,)
     with pytest.raises(Error) as e:
         cur.adbc_ingest("missing", data, mode="append", db_schema_name="landing")
     assert _status(e) == AdbcStatusCode.NOT_FOUND

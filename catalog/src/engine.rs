@@ -516,7 +516,8 @@ impl Engine {
             .path()
             .ok_or_else(|| CatalogError::Unsupported("INSERT OVERWRITE needs a local spill directory".into()))?
             .to_path_buf();
-        let staging = stage_rows(ctx, &physical, staged.open_writer()?, &indices).await;
+        let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), ctx.task_ctx())?;
+        let staging = stage_rows(stream, staged.open_writer()?, &indices).await;
         Self::record_spills(ctx, &physical);
         let (rows, tuples) = staging?;
         if rows == 0 {
@@ -817,7 +818,6 @@ impl Engine {
         let arrow_schema = match &source {
             Source::Empty(s) => delta_compatible_schema(s),
             Source::Plan(p, _) => Arc::new(p.schema().as_arrow().clone()),
-            Source::Batches(s, _) => delta_compatible_schema(s),
         };
         let delta_schema: StructType = arrow_schema.as_ref().try_into_kernel().map_err(|e| {
             CatalogError::Unsupported(format!("a column type of {schema}.{table} cannot be stored in a Delta table: {e}"))
@@ -848,12 +848,6 @@ impl Engine {
                     let physical = state.create_physical_plan(&LogicalPlan::Dml(dml)).await?;
                     count_rows(datafusion::physical_plan::execute_stream(physical, state.task_ctx())?).await?;
                 }
-                Source::Batches(_, batches) => {
-                    let batches = cast_batches(&arrow_schema, batches)?;
-                    if !batches.is_empty() {
-                        delta.write(batches).with_save_mode(SaveMode::Append).await?;
-                    }
-                }
             }
             Ok(())
         }
@@ -865,50 +859,93 @@ impl Engine {
         Ok(location)
     }
 
-    /// Bulk-load record batches into a managed table (Flight SQL ingest), in one Delta commit.
+    /// Bulk-load a client's record batches into a managed table (Flight SQL ingest), in one
+    /// Delta commit. The rows stream into a staging Parquet file in the spill directory (under
+    /// `--spill-max-size`) as they arrive, so an upload never sits in memory whatever its size;
+    /// then one Delta write reads the staged file in the caller's session. A bad batch, an
+    /// aborted upload or a failed write commits nothing, and the staging file goes on every path.
     pub async fn ingest(
         &self,
         ctx: &SessionContext,
         target: &TableReference,
-        schema: SchemaRef,
-        batches: Vec<RecordBatch>,
+        input: SendableRecordBatchStream,
         mode: IngestMode,
     ) -> Result<u64> {
         let (schema_name, table) = self.resolve(ctx, target)?;
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let snapshot = self.store.refresh().await?;
         if !snapshot.schemas.contains_key(&schema_name) {
             return Err(CatalogError::NotFound { kind: "schema", name: schema_name });
         }
         let existing = snapshot.table(&schema_name, &table).cloned();
         let full = format!("{schema_name}.{table}");
-        match (existing, mode) {
+        match (&existing, mode) {
             (None, IngestMode::Append) => return Err(CatalogError::NotFound { kind: "table", name: full }),
             (Some(_), IngestMode::Create) => return Err(CatalogError::AlreadyExists { kind: "table", name: full }),
-            (None, _) | (Some(_), IngestMode::Replace) => {
+            (Some(TableEntry::Managed { .. }) | None, _) => {}
+            (Some(_), _) => {
+                return Err(CatalogError::Unsupported(format!("{full} is not a managed table: cannot ingest into it")));
+            }
+        }
+        let schema = input.schema();
+        // Appending: the table's columns, checked before anything is staged.
+        let append_to = match &existing {
+            Some(TableEntry::Managed { location, .. }) if mode != IngestMode::Replace => {
+                let warehouse = self.store.warehouse();
+                let url = warehouse.url(location)?;
+                let delta = deltalake::open_table_with_storage_options(url, warehouse.storage_options()).await?;
+                let columns = delta.snapshot()?.snapshot().arrow_schema();
+                if columns.fields().len() != schema.fields().len() {
+                    return Err(CatalogError::Unsupported(format!(
+                        "ingested data has {} columns, {full} has {}",
+                        schema.fields().len(),
+                        columns.fields().len()
+                    )));
+                }
+                Some((delta, columns))
+            }
+            _ => None,
+        };
+        let staged = ctx.runtime_env().disk_manager.create_tmp_file("ingest staging")?;
+        let staged_path = staged
+            .path()
+            .ok_or_else(|| CatalogError::Unsupported("ingest needs a local spill directory".into()))?
+            .to_path_buf();
+        let (rows, _) = stage_rows(input, staged.open_writer()?, &[]).await?;
+        // Read back as nullable, as ingested tables' columns are (a later append may hold NULLs).
+        let nullable = Schema::new_with_metadata(
+            schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+            schema.metadata().clone(),
+        );
+        let options = ParquetReadOptions::default().file_extension("").schema(&nullable);
+        let staged_rows = || async {
+            let plan = ctx.read_parquet(staged_path.to_string_lossy().as_ref(), options.clone()).await?.into_unoptimized_plan();
+            delta_compatible_plan(plan)
+        };
+        match append_to {
+            // Into the existing table (append, create_append), matching its columns by position.
+            Some((delta, columns)) => {
+                if rows > 0 {
+                    delta
+                        .write(Vec::<RecordBatch>::new())
+                        .with_input_plan(cast_plan_to(staged_rows().await?, &columns)?)
+                        .with_session_state(delta_session(ctx))
+                        .with_save_mode(SaveMode::Append)
+                        .await?;
+                }
+            }
+            // A new table (create, create_append, replace), swapped in by one catalog commit.
+            None => {
                 let replace = mode == IngestMode::Replace;
-                let location =
-                    self.new_managed_table(&schema_name, &table, Source::Batches(schema, batches), &[]).await?;
+                let source = if rows == 0 { Source::Empty(schema) } else { Source::Plan(staged_rows().await?, ctx.state()) };
+                let location = self.new_managed_table(&schema_name, &table, source, &[]).await?;
                 let entry = TableEntry::Managed { location: location.clone(), partition_columns: Vec::new() };
                 if let Err(e) = self.put_entry(&schema_name, &table, entry, false, replace, "table").await {
                     self.delete_location(&location).await;
                     return Err(e);
                 }
             }
-            (Some(TableEntry::Managed { location, .. }), IngestMode::Append | IngestMode::CreateAppend) => {
-                let warehouse = self.store.warehouse();
-                let url = warehouse.url(&location)?;
-                let delta = deltalake::open_table_with_storage_options(url, warehouse.storage_options()).await?;
-                let target_schema = delta_compatible_schema(&schema);
-                let batches = cast_batches(&target_schema, batches)?;
-                if !batches.is_empty() {
-                    delta.write(batches).with_save_mode(SaveMode::Append).await?;
-                }
-            }
-            (Some(_), _) => {
-                return Err(CatalogError::Unsupported(format!("{full} is not a managed table: cannot ingest into it")));
-            }
         }
+        drop(staged);
         info!(table = %full, rows, ?mode, "ingested");
         Ok(rows)
     }
@@ -1165,8 +1202,6 @@ enum Source {
     Empty(SchemaRef),
     /// A query's result.
     Plan(LogicalPlan, SessionState),
-    /// Rows a client sent.
-    Batches(SchemaRef, Vec<RecordBatch>),
 }
 
 /// The closest type a Delta table can store (Delta has no unsigned, view, large or nanosecond types).
@@ -1201,16 +1236,16 @@ fn delta_session(ctx: &SessionContext) -> Arc<dyn datafusion::catalog::Session> 
     Arc::new(SessionStateBuilder::new_from_existing(ctx.state()).with_query_planner(DeltaPlanner::new()).build())
 }
 
-/// Runs `plan`, writing its rows as Parquet to `out` and collecting the distinct values of the
-/// columns at `indices` (one tuple per partition the rows fall in). Returns the row count and
-/// the tuples. Memory: one batch and one row group of the writer at a time.
+/// Writes the rows of `stream` as Parquet to `out`, collecting the distinct values of the
+/// columns at `indices` (one tuple per partition the rows fall in; none if `indices` is empty).
+/// Returns the row count and the tuples. Memory: one batch and one row group of the writer at a
+/// time.
 async fn stage_rows(
-    ctx: &SessionContext,
-    plan: &Arc<dyn ExecutionPlan>,
+    mut stream: SendableRecordBatchStream,
     out: Box<dyn SpillWriter>,
     indices: &[usize],
 ) -> datafusion::error::Result<(u64, Vec<Vec<ScalarValue>>)> {
-    let schema = plan.schema();
+    let schema = stream.schema();
     let props = WriterProperties::builder()
         .set_compression(datafusion::parquet::basic::Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(128 * 1024))
@@ -1220,10 +1255,14 @@ async fn stage_rows(
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut tuples = Vec::new();
     let mut rows = 0u64;
-    let mut stream = datafusion::physical_plan::execute_stream(Arc::clone(plan), ctx.task_ctx())?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         if batch.num_rows() == 0 {
+            continue;
+        }
+        rows += batch.num_rows() as u64;
+        writer.write(&batch)?;
+        if indices.is_empty() {
             continue;
         }
         let keys = converter.convert_columns(&indices.iter().map(|i| Arc::clone(batch.column(*i))).collect::<Vec<_>>())?;
@@ -1240,8 +1279,6 @@ async fn stage_rows(
                 );
             }
         }
-        rows += batch.num_rows() as u64;
-        writer.write(&batch)?;
     }
     writer.close()?;
     Ok((rows, tuples))
@@ -1280,39 +1317,20 @@ fn delta_compatible_plan(plan: LogicalPlan) -> Result<LogicalPlan> {
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
 }
 
-/// Cast client batches to the table's types (fails clearly on values that do not fit).
-fn cast_batches(target: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-    batches
-        .into_iter()
-        .filter(|b| b.num_rows() > 0)
-        .map(|b| {
-            if b.num_columns() != target.fields().len() {
-                return Err(CatalogError::Unsupported(format!(
-                    "ingested data has {} columns, the table has {}",
-                    b.num_columns(),
-                    target.fields().len()
-                )));
-            }
-            let columns = b
-                .columns()
-                .iter()
-                .zip(target.fields())
-                .map(|(c, f)| {
-                    if c.data_type() == f.data_type() {
-                        Ok(c.clone())
-                    } else {
-                        arrow::compute::cast(c, f.data_type()).map_err(|e| {
-                            CatalogError::Unsupported(format!("column '{}': {e}", f.name()))
-                        })
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let relaxed = Arc::new(Schema::new(
-                target.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
-            ));
-            RecordBatch::try_new(relaxed, columns).map_err(|e| CatalogError::Unsupported(e.to_string()))
+/// Project `plan`'s columns, by position, onto `target`'s names and types (values that do not
+/// fit fail the write with the cast's message).
+fn cast_plan_to(plan: LogicalPlan, target: &Schema) -> Result<LogicalPlan> {
+    let exprs: Vec<Expr> = plan
+        .schema()
+        .iter()
+        .zip(target.fields())
+        .map(|((qualifier, field), to)| {
+            let column = Expr::Column(Column::from((qualifier, field)));
+            if field.data_type() == to.data_type() { column } else { cast(column, to.data_type().clone()) }
+                .alias(to.name())
         })
-        .collect()
+        .collect();
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
 }
 
 /// Split SQL text at top-level semicolons using the SQL tokenizer (so `;` inside strings,

@@ -48,6 +48,8 @@ use bytes::Bytes;
 use datafusion::common::ScalarValue;
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::{ParamValues, TableReference};
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder, WriteOp};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
@@ -949,20 +951,22 @@ impl FlightSqlService for StreamPulseFlightSql {
             None => TableReference::bare(cmd.table.as_str()),
         };
         let mode = ingest_mode(&cmd);
+        let ctx = self.engine.session();
+        let _permit = self.admission.admit().await?;
+        // The batches are handed on as they arrive (the engine stages them on disk): the schema
+        // comes with the first message, so read that one before building the stream.
         let flight = request.into_inner().map_err(FlightError::from);
         let mut stream = FlightRecordBatchStream::new_from_flight_data(flight);
-        let mut batches = Vec::new();
-        while let Some(batch) = stream.next().await {
-            batches.push(batch.map_err(|e| Status::invalid_argument(format!("bad ingest data: {e}")))?);
-        }
-        let schema = match (stream.schema(), batches.first()) {
+        let bad_data = |e: FlightError| DataFusionError::Execution(format!("bad ingest data: {e}"));
+        let first = stream.next().await.transpose().map_err(|e| datafusion_status(bad_data(e)))?;
+        let schema = match (stream.schema(), &first) {
             (Some(s), _) => s.clone(),
             (None, Some(b)) => b.schema(),
             (None, None) => return Err(Status::invalid_argument("ingest sent no schema")),
         };
-        let ctx = self.engine.session();
-        let _permit = self.admission.admit().await?;
-        let rows = self.engine.ingest(&ctx, &target, schema, batches, mode).await.map_err(catalog_status)?;
+        let batches = futures::stream::iter(first.map(Ok)).chain(stream.map(move |b| b.map_err(bad_data)));
+        let input = Box::pin(RecordBatchStreamAdapter::new(schema, batches));
+        let rows = self.engine.ingest(&ctx, &target, input, mode).await.map_err(catalog_status)?;
         info!(user = %principal.user, table = %target, rows, ?mode, "ingest done");
         Ok(rows as i64)
     }
