@@ -26,7 +26,9 @@
 //! built in a fixed buffer with fixed-size copies (digit pairs, padded names, calendar arithmetic
 //! for timestamps) rather than through `format!`/chrono/serde; event lines reach the gzip encoder
 //! a batch at a time; the dimension tables are written while the plays are generated; Parquet
-//! skips dictionaries for near-unique columns. Measurements in bench/RESULTS.md.
+//! skips dictionaries for near-unique columns; the plays CSV files are written with `O_DIRECT`
+//! by a thread per file (no kernel copy into the page cache: see `direct`). Measurements in
+//! bench/RESULTS.md.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -46,6 +48,8 @@ use rand_distr::{Distribution, Pareto, Zipf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use streampulse_udfs::experiments::bucket_of;
+
+use crate::direct::DirectFile;
 
 /// Errors of the generator; each names the file or setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -947,7 +951,7 @@ struct ChunkWriter<'a> {
     config: &'a Config,
     chunk: u64,
     path: PathBuf,
-    csv: Option<BufWriter<File>>,
+    csv: Option<DirectFile>,
     parquet: Option<parquet::arrow::ArrowWriter<File>>,
     /// Per day: the open event file, its line count and lines not yet given to the encoder
     /// (handed over a batch at a time: per-line writes cost more in the encoder than compressing).
@@ -967,15 +971,19 @@ struct ChunkWriter<'a> {
 impl<'a> ChunkWriter<'a> {
     fn new(config: &'a Config, chunk: u64) -> Result<Self> {
         let path = config.out.join("plays").join(format!("part-{chunk:05}.{}", config.format.extension()));
-        let file = File::create(&path).map_err(io_err(&path))?;
         let (csv, parquet) = match config.format {
             Format::Csv => {
-                let mut w = BufWriter::with_capacity(1 << 20, file);
-                writeln!(w, "play_id,user_id,song_id,artist_id,played_at,ms_played,skipped,source,device,country,session_id")
+                // The biggest files by far: written around the page cache (see `direct`), unless
+                // STREAMPULSE_DATAGEN_BUFFERED is set (for comparison, or a file system that
+                // misbehaves with O_DIRECT).
+                let direct = std::env::var_os("STREAMPULSE_DATAGEN_BUFFERED").is_none();
+                let mut w = DirectFile::create(&path, direct).map_err(io_err(&path))?;
+                w.write_all(b"play_id,user_id,song_id,artist_id,played_at,ms_played,skipped,source,device,country,session_id\n")
                     .map_err(io_err(&path))?;
                 (Some(w), None)
             }
             Format::Parquet => {
+                let file = File::create(&path).map_err(io_err(&path))?;
                 // Dictionaries only where values repeat: for ids, times and durations the writer
                 // would hash every value, then give up when the dictionary outgrows its page.
                 let mut props = parquet::file::properties::WriterProperties::builder()
@@ -1112,8 +1120,8 @@ impl<'a> ChunkWriter<'a> {
     }
 
     fn finish(mut self) -> Result<(u64, u64)> {
-        if let Some(mut w) = self.csv.take() {
-            w.flush().map_err(io_err(&self.path))?;
+        if let Some(w) = self.csv.take() {
+            w.finish().map_err(io_err(&self.path))?;
         }
         if let Some(w) = self.parquet.take() {
             w.close().map_err(|source| DatagenError::Parquet { path: self.path.clone(), source })?;

@@ -2,3 +2,4 @@
 //! `streampulse datagen`. Benchmarks against peers (DuckDB, pandas, Polars, Spark) land here too.
 
 pub mod datagen;
+mod direct;
