@@ -105,7 +105,6 @@ impl DirectFile {
             let last = std::mem::replace(&mut self.filling, Buffer { raw: Vec::new(), start: 0, len: 0 });
             self.send(last)?;
         }
-        self.to_writer = None;
         self.join()
     }
 

@@ -25,7 +25,7 @@ use datafusion::common::{Column, ScalarValue, SchemaReference, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::spill_file::SpillWriter;
+use datafusion::execution::spill_file::{SpillFile, SpillWriter};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
@@ -511,19 +511,16 @@ impl Engine {
             .iter()
             .map(|c| schema.index_of(c).map_err(|e| CatalogError::Unsupported(format!("INSERT OVERWRITE: {e}"))))
             .collect::<Result<Vec<_>>>()?;
-        let staged = ctx.runtime_env().disk_manager.create_tmp_file("INSERT OVERWRITE staging")?;
-        let staged_path = staged
-            .path()
-            .ok_or_else(|| CatalogError::Unsupported("INSERT OVERWRITE needs a local spill directory".into()))?
-            .to_path_buf();
         let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), ctx.task_ctx())?;
-        let staging = stage_rows(stream, staged.open_writer()?, &indices).await;
+        let staging = Staged::write(ctx, stream, &indices, "INSERT OVERWRITE staging").await;
         Self::record_spills(ctx, &physical);
-        let (rows, tuples) = staging?;
+        let staged = staging?;
+        let rows = staged.rows;
         if rows == 0 {
             return Ok(Some(0));
         }
-        let predicate = tuples
+        let predicate = staged
+            .tuples
             .iter()
             .map(|tuple| {
                 partition_columns
@@ -540,17 +537,16 @@ impl Engine {
             .ok_or_else(|| CatalogError::Unsupported("INSERT OVERWRITE found no partition values".into()))?;
         let warehouse = self.store.warehouse();
         let delta = deltalake::open_table_with_storage_options(warehouse.url(&location)?, warehouse.storage_options()).await?;
-        let options = ParquetReadOptions::default().file_extension("").schema(&schema);
-        let source = ctx.read_parquet(staged_path.to_string_lossy().as_ref(), options).await?.into_unoptimized_plan();
         delta
             .write(Vec::<RecordBatch>::new())
-            .with_input_plan(source)
+            .with_input_plan(staged.scan(ctx, &schema).await?)
             .with_session_state(delta_session(ctx))
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(predicate)
             .await?;
+        let partitions = staged.tuples.len();
         drop(staged);
-        info!(schema = %schema, table = %table, rows, partitions = tuples.len(), "partitions overwritten");
+        info!(schema = %schema, table = %table, rows, partitions, "partitions overwritten");
         Ok(Some(rows))
     }
 
@@ -905,29 +901,20 @@ impl Engine {
             }
             _ => None,
         };
-        let staged = ctx.runtime_env().disk_manager.create_tmp_file("ingest staging")?;
-        let staged_path = staged
-            .path()
-            .ok_or_else(|| CatalogError::Unsupported("ingest needs a local spill directory".into()))?
-            .to_path_buf();
-        let (rows, _) = stage_rows(input, staged.open_writer()?, &[]).await?;
+        let staged = Staged::write(ctx, input, &[], "ingest staging").await?;
+        let rows = staged.rows;
         // Read back as nullable, as ingested tables' columns are (a later append may hold NULLs).
         let nullable = Schema::new_with_metadata(
             schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
             schema.metadata().clone(),
         );
-        let options = ParquetReadOptions::default().file_extension("").schema(&nullable);
-        let staged_rows = || async {
-            let plan = ctx.read_parquet(staged_path.to_string_lossy().as_ref(), options.clone()).await?.into_unoptimized_plan();
-            delta_compatible_plan(plan)
-        };
         match append_to {
             // Into the existing table (append, create_append), matching its columns by position.
             Some((delta, columns)) => {
                 if rows > 0 {
                     delta
                         .write(Vec::<RecordBatch>::new())
-                        .with_input_plan(cast_plan_to(staged_rows().await?, &columns)?)
+                        .with_input_plan(cast_plan_to(staged.scan(ctx, &nullable).await?, &columns)?)
                         .with_session_state(delta_session(ctx))
                         .with_save_mode(SaveMode::Append)
                         .await?;
@@ -936,7 +923,11 @@ impl Engine {
             // A new table (create, create_append, replace), swapped in by one catalog commit.
             None => {
                 let replace = mode == IngestMode::Replace;
-                let source = if rows == 0 { Source::Empty(schema) } else { Source::Plan(staged_rows().await?, ctx.state()) };
+                let source = if rows == 0 {
+                    Source::Empty(schema)
+                } else {
+                    Source::Plan(delta_compatible_plan(staged.scan(ctx, &nullable).await?)?, ctx.state())
+                };
                 let location = self.new_managed_table(&schema_name, &table, source, &[]).await?;
                 let entry = TableEntry::Managed { location: location.clone(), partition_columns: Vec::new() };
                 if let Err(e) = self.put_entry(&schema_name, &table, entry, false, replace, "table").await {
@@ -1236,6 +1227,36 @@ fn delta_session(ctx: &SessionContext) -> Arc<dyn datafusion::catalog::Session> 
     Arc::new(SessionStateBuilder::new_from_existing(ctx.state()).with_query_planner(DeltaPlanner::new()).build())
 }
 
+/// Rows staged as a Parquet file in the spill directory (counted against `--spill-max-size`);
+/// the file is deleted when this is dropped, on every path.
+struct Staged {
+    /// Held for its lifetime: dropping it deletes the file.
+    _file: Arc<dyn SpillFile>,
+    path: PathBuf,
+    rows: u64,
+    /// The distinct values of the columns asked for, one tuple per partition the rows fall in.
+    tuples: Vec<Vec<ScalarValue>>,
+}
+
+impl Staged {
+    /// Streams `input` into a new staging file (`what` names it in errors and listings).
+    async fn write(ctx: &SessionContext, input: SendableRecordBatchStream, indices: &[usize], what: &str) -> Result<Self> {
+        let file = ctx.runtime_env().disk_manager.create_tmp_file(what)?;
+        let path = file
+            .path()
+            .ok_or_else(|| CatalogError::Unsupported(format!("{what} needs a local spill directory")))?
+            .to_path_buf();
+        let (rows, tuples) = stage_rows(input, file.open_writer()?, indices).await?;
+        Ok(Self { _file: file, path, rows, tuples })
+    }
+
+    /// A scan of the staged rows, read with `schema`.
+    async fn scan(&self, ctx: &SessionContext, schema: &Schema) -> Result<LogicalPlan> {
+        let options = ParquetReadOptions::default().file_extension("").schema(schema);
+        Ok(ctx.read_parquet(self.path.to_string_lossy().as_ref(), options).await?.into_unoptimized_plan())
+    }
+}
+
 /// Writes the rows of `stream` as Parquet to `out`, collecting the distinct values of the
 /// columns at `indices` (one tuple per partition the rows fall in; none if `indices` is empty).
 /// Returns the row count and the tuples. Memory: one batch and one row group of the writer at a
@@ -1297,37 +1318,30 @@ fn delta_compatible_schema(schema: &SchemaRef) -> SchemaRef {
 
 /// Cast a plan's output columns to Delta-compatible types where needed.
 fn delta_compatible_plan(plan: LogicalPlan) -> Result<LogicalPlan> {
-    let needs_cast = plan.schema().fields().iter().any(|f| &delta_type(f.data_type()) != f.data_type());
-    if !needs_cast {
-        return Ok(plan);
-    }
-    let exprs: Vec<Expr> = plan
-        .schema()
-        .iter()
-        .map(|(qualifier, field)| {
-            let column = Expr::Column(Column::from((qualifier, field)));
-            let target = delta_type(field.data_type());
-            if &target == field.data_type() {
-                column
-            } else {
-                cast(column, target).alias(field.name())
-            }
-        })
-        .collect();
-    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+    let target = delta_compatible_schema(&Arc::new(plan.schema().as_arrow().clone()));
+    cast_plan_to(plan, &target)
 }
 
 /// Project `plan`'s columns, by position, onto `target`'s names and types (values that do not
-/// fit fail the write with the cast's message).
+/// fit fail the write with the cast's message); the plan itself when nothing changes.
 fn cast_plan_to(plan: LogicalPlan, target: &Schema) -> Result<LogicalPlan> {
+    let same = |field: &Field, to: &Field| field.data_type() == to.data_type() && field.name() == to.name();
+    if plan.schema().fields().iter().zip(target.fields()).all(|(f, to)| same(f, to)) {
+        return Ok(plan);
+    }
     let exprs: Vec<Expr> = plan
         .schema()
         .iter()
         .zip(target.fields())
         .map(|((qualifier, field), to)| {
             let column = Expr::Column(Column::from((qualifier, field)));
-            if field.data_type() == to.data_type() { column } else { cast(column, to.data_type().clone()) }
-                .alias(to.name())
+            if same(field, to) {
+                column
+            } else if field.data_type() == to.data_type() {
+                column.alias(to.name())
+            } else {
+                cast(column, to.data_type().clone()).alias(to.name())
+            }
         })
         .collect();
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
