@@ -4,7 +4,8 @@
 # SQL driver, pyarrow.flight, and a local S3-compatible server (moto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/streampulse-target}"
+# The same target folder as `cargo run` (README command 1) unless one is set: one build for both.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs)" >&2

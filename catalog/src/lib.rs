@@ -1,22 +1,35 @@
-//! StreamPulse's catalog and storage layer.
+//! The StreamPulse warehouse core: catalog, sessions, SQL, DDL, DML and Delta storage.
 //!
-//! - [`storage`]: where the warehouse lives (local folder or S3) and how to reach it;
-//! - [`state`]: the persisted catalog (schemas, tables, views, users), committed atomically;
-//! - [`provider`]: that catalog as DataFusion sees it: the only door through which tables
-//!   enter the engine;
-//! - [`engine`]: the one engine builder used by every entry point, and DDL execution.
+//! This crate knows storage and tables, not networks: the Flight SQL service, the CLI and the
+//! scheduler live in `streampulse-server` and call in here, and a Ballista executor can link
+//! this crate without them. Folders name what they do:
 //!
-//! This crate knows storage and tables, not networks: the Flight SQL service lives in
-//! `streampulse-server`, and a Ballista executor can link this crate without it.
+//! | module | what is there |
+//! |---|---|
+//! | [`catalog`] | the persisted catalog (state, store, DataFusion's view of it) |
+//! | [`session`] | the engine builder, per-query memory pools, session statistics |
+//! | [`sql`] | statement splitting, `${param}`s, planning, **the one script runner** |
+//! | [`ddl`] | CREATE / DROP of schemas, managed and external tables, views |
+//! | [`dml`] | INSERT OVERWRITE, UPDATE / DELETE, bulk load |
+//! | [`delta`] | Delta tables: opening, types, staging files, creating and removing folders |
+//! | [`storage`] | where the warehouse lives (local or S3) and how to reach it |
+//! | [`error`] | the one error type, by kind |
+//!
+//! Dependencies run one way: `error` ← `storage` ← `delta` ← `catalog` ← `session` ←
+//! `ddl`, `dml` ← `sql`.
 
-pub mod engine;
+pub mod catalog;
+pub mod ddl;
+pub mod delta;
+pub mod dml;
 pub mod error;
-pub mod memory;
-pub mod provider;
-pub mod state;
+pub mod session;
+pub mod sql;
 pub mod storage;
 
-pub use engine::{CATALOG_NAME, Engine, EngineConfig, IngestMode, Planned, StatementKind};
-pub use error::{CatalogError, Result};
-pub use state::{CatalogState, CatalogStore, DEFAULT_SCHEMA, TableEntry, UserEntry};
+pub use catalog::{CATALOG_NAME, CatalogState, CatalogStore, DEFAULT_SCHEMA, Role, TableEntry, UserEntry};
+pub use dml::LoadMode;
+pub use error::{Error, ErrorKind, Result};
+pub use session::{Engine, EngineConfig, QueryStats, Session};
+pub use sql::{Planned, ScriptError, StatementKind, StatementOutput, StatementReport};
 pub use storage::{S3Config, Warehouse};

@@ -7,28 +7,27 @@ use std::path::PathBuf;
 use arrow::array::Array;
 use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
-use streampulse_catalog::{CatalogError, Engine, EngineConfig, Planned};
+use streampulse_engine::{Engine, EngineConfig, Error, Planned, Session};
 
 struct Warehouse {
     engine: Engine,
-    ctx: SessionContext,
+    session: Session,
 }
 
 #[async_trait::async_trait]
 impl AsyncDB for Warehouse {
-    type Error = CatalogError;
+    type Error = Error;
     type ColumnType = DefaultColumnType;
 
-    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, CatalogError> {
-        let planned = self.engine.plan_sql(&self.ctx, sql).await?;
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Error> {
+        let planned = self.engine.plan_sql(&self.session, sql).await?;
         match planned {
             Planned::Query(plan) => {
-                let physical = self.engine.physical_plan(&self.ctx, plan).await?;
+                let physical = self.session.physical_plan(plan).await?;
                 let schema = physical.schema();
-                let batches: Vec<_> = self.engine.execute(&self.ctx, physical)?.try_collect().await?;
+                let batches: Vec<_> = self.session.execute(physical)?.try_collect().await?;
                 let types = schema
                     .fields()
                     .iter()
@@ -48,7 +47,7 @@ impl AsyncDB for Warehouse {
                         .iter()
                         .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| CatalogError::Unsupported(e.to_string()))?;
+                        .map_err(Error::from)?;
                     for r in 0..batch.num_rows() {
                         rows.push(
                             formatters
@@ -65,7 +64,7 @@ impl AsyncDB for Warehouse {
                 Ok(DBOutput::Rows { types, rows })
             }
             other => {
-                let count = self.engine.run_command(&self.ctx, other).await?;
+                let count = self.engine.run_command(&self.session, other).await?;
                 Ok(DBOutput::StatementComplete(count.unwrap_or(0)))
             }
         }
@@ -93,7 +92,7 @@ async fn catalog_slt_files() {
         let engine = Engine::open(EngineConfig::new(location, 512 << 20)).await.expect("engine opens");
         let mut runner = sqllogictest::Runner::new(move || {
             let engine = engine.clone();
-            async move { Ok(Warehouse { ctx: engine.session(), engine }) }
+            async move { Ok(Warehouse { session: engine.session(), engine }) }
         });
         runner.with_column_validator(sqllogictest::default_column_validator);
         if let Err(e) = runner.run_file_async(&file).await {

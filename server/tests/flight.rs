@@ -64,7 +64,8 @@ async fn fetch(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -
     let mut out = Vec::new();
     for endpoint in info.endpoint {
         let ticket = endpoint.ticket.expect("ticket");
-        let mut batches: Vec<RecordBatch> = client.do_get(ticket).await.expect("do_get").try_collect().await.expect("stream");
+        let mut batches: Vec<RecordBatch> =
+            client.do_get(ticket).await.expect("do_get").try_collect().await.expect("stream");
         out.append(&mut batches);
     }
     out
@@ -94,7 +95,8 @@ async fn prepared_statements_poll_and_get_schema() {
     assert_eq!(insert.execute_update().await.expect("insert"), 3);
     insert.close().await.expect("close");
 
-    let mut query = client.prepare("SELECT b FROM t WHERE a > $1 ORDER BY a".into(), None).await.expect("prepare query");
+    let mut query =
+        client.prepare("SELECT b FROM t WHERE a > $1 ORDER BY a".into(), None).await.expect("prepare query");
     let one = RecordBatch::try_new(
         Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, true)])),
         vec![Arc::new(Int64Array::from(vec![1]))],
@@ -116,7 +118,9 @@ async fn prepared_statements_poll_and_get_schema() {
     let token = client.token().expect("token").clone();
     let mut raw = FlightServiceClient::new(channel);
     let descriptor = FlightDescriptor::new_cmd(
-        CommandStatementQuery { query: "SELECT a, b FROM t ORDER BY a".into(), transaction_id: None }.as_any().encode_to_vec(),
+        CommandStatementQuery { query: "SELECT a, b FROM t ORDER BY a".into(), transaction_id: None }
+            .as_any()
+            .encode_to_vec(),
     );
     let mut request = tonic::Request::new(descriptor.clone());
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));

@@ -4,25 +4,26 @@
 //! them on a DataFusion context, so the server, the CLI and a Ballista executor link the same
 //! code. [`register_all`] is the one place that registers them.
 //!
-//! | function | kind | module |
-//! |---|---|---|
-//! | `array_cosine_similarity(a, b)` | scalar | [`similarity`] |
-//! | `array_inner_product(a, b)` | scalar (alias of DataFusion's `inner_product`) | [`similarity`] |
-//! | `weighted_avg_vector(vector, weight)` | aggregate | [`weighted_avg`] |
-//! | `largest_remainder(amount, weight) OVER (...)` | window | [`allocation`] |
-//! | `ab_bucket(user_id, salt, buckets)` | scalar | [`experiments`] |
-//! | `two_proportion_z_test(x_t, n_t, x_c, n_c [, confidence])` | scalar → struct | [`experiments`] |
-//! | `welch_t_test(m_t, v_t, n_t, m_c, v_c, n_c [, confidence])` | scalar → struct | [`experiments`] |
-//! | `top_k_nearest(users_sql, items_sql, k [, metric])` | table | [`nearest`] |
+//! One file per function, in folders by kind:
+//!
+//! | function | file |
+//! |---|---|
+//! | `array_cosine_similarity(a, b)` | [`scalar::array_cosine_similarity`] |
+//! | `array_inner_product(a, b)` (alias of DataFusion's `inner_product`) | [`scalar`] |
+//! | `ab_bucket(user_id, salt, buckets)` | [`scalar::ab_bucket`] |
+//! | `two_proportion_z_test(x_t, n_t, x_c, n_c [, confidence])` → struct | [`scalar::two_proportion_z_test`] |
+//! | `welch_t_test(m_t, v_t, n_t, m_c, v_c, n_c [, confidence])` → struct | [`scalar::welch_t_test`] |
+//! | `weighted_avg_vector(vector, weight)` | [`aggregate::weighted_avg_vector`] |
+//! | `largest_remainder(amount, weight) OVER (...)` | [`window::largest_remainder`] |
+//! | `top_k_nearest(users_sql, items_sql, k [, metric])` | [`table::top_k_nearest`] |
 //!
 //! Euclidean distance is DataFusion's `array_distance` (DuckDB's name already).
 
-pub mod allocation;
-pub mod experiments;
-pub mod nearest;
-pub mod similarity;
+pub mod aggregate;
+pub mod scalar;
+pub mod table;
 mod util;
-pub mod weighted_avg;
+pub mod window;
 
 use datafusion::error::Result;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
@@ -30,27 +31,17 @@ use datafusion::prelude::SessionContext;
 
 /// Every StreamPulse scalar function.
 pub fn scalar_functions() -> Vec<ScalarUDF> {
-    let inner_product = datafusion::functions_nested::inner_product::inner_product_udf()
-        .as_ref()
-        .clone()
-        .with_aliases(["array_inner_product"]);
-    vec![
-        ScalarUDF::from(similarity::ArrayCosineSimilarity::default()),
-        inner_product,
-        ScalarUDF::from(experiments::AbBucket::default()),
-        ScalarUDF::from(experiments::TwoProportionZTest::default()),
-        ScalarUDF::from(experiments::WelchTTest::default()),
-    ]
+    scalar::functions()
 }
 
 /// Every StreamPulse aggregate function.
 pub fn aggregate_functions() -> Vec<AggregateUDF> {
-    vec![AggregateUDF::from(weighted_avg::WeightedAvgVector::default())]
+    aggregate::functions()
 }
 
 /// Every StreamPulse window function.
 pub fn window_functions() -> Vec<WindowUDF> {
-    vec![WindowUDF::from(allocation::LargestRemainder::default())]
+    window::functions()
 }
 
 /// Register every StreamPulse function on `ctx`.
@@ -64,7 +55,7 @@ pub fn register_all(ctx: &SessionContext) -> Result<()> {
     for f in window_functions() {
         ctx.register_udwf(f);
     }
-    ctx.register_udtf("top_k_nearest", std::sync::Arc::new(nearest::TopKNearestFunction));
+    ctx.register_udtf("top_k_nearest", std::sync::Arc::new(table::top_k_nearest::TopKNearestFunction));
     Ok(())
 }
 
@@ -91,7 +82,7 @@ pub fn reference_markdown() -> String {
             docs.push((format!("`{}`", f.name()), d.clone()));
         }
     }
-    docs.push(("`top_k_nearest`".to_string(), nearest::TopKNearestFunction::documentation().clone()));
+    docs.push(("`top_k_nearest`".to_string(), table::top_k_nearest::TopKNearestFunction::documentation().clone()));
     docs.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = String::new();
     for (name, d) in docs {

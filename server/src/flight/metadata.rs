@@ -6,15 +6,17 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder};
-use arrow_flight::sql::{
-    Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity, SqlSupportedTransaction,
-    XdbcDataType, XdbcDatetimeSubcode,
+use arrow_flight::sql::metadata::{
+    SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
 };
-use tonic::Status;
+use arrow_flight::sql::{
+    Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity, SqlSupportedTransaction, XdbcDataType,
+    XdbcDatetimeSubcode,
+};
+use streampulse_engine::{Error, Result};
 
 /// The server's SqlInfo answers (JDBC tools fetch them all on connect).
-pub fn sql_info() -> Result<SqlInfoData, Status> {
+pub fn sql_info() -> Result<SqlInfoData> {
     let mut b = SqlInfoDataBuilder::new();
     b.append(SqlInfo::FlightSqlServerName, "StreamPulse Warehouse");
     b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -81,29 +83,73 @@ pub fn sql_info() -> Result<SqlInfoData, Status> {
     b.append(SqlInfo::SqlNamedParametersSupported, false);
     b.append(SqlInfo::SqlLocatorsUpdateCopy, false);
     b.append(SqlInfo::SqlStoredFunctionsUsingCallSyntaxSupported, false);
-    b.build().map_err(|e| Status::internal(format!("building SqlInfo: {e}")))
+    b.build().map_err(|e| Error::internal(format!("building SqlInfo: {e}")))
 }
 
 const KEYWORDS: &[&str] = &[
-    "ANALYZE", "ARRAY", "CASCADE", "COPY", "DESCRIBE", "EXPLAIN", "EXTERNAL", "FORMAT", "LOCATION",
-    "OPTIONS", "OVERWRITE", "PARTITIONED", "QUALIFY", "STORED", "UNNEST", "VIEW",
+    "ANALYZE",
+    "ARRAY",
+    "CASCADE",
+    "COPY",
+    "DESCRIBE",
+    "EXPLAIN",
+    "EXTERNAL",
+    "FORMAT",
+    "LOCATION",
+    "OPTIONS",
+    "OVERWRITE",
+    "PARTITIONED",
+    "QUALIFY",
+    "STORED",
+    "UNNEST",
+    "VIEW",
 ];
 const NUMERIC_FUNCTIONS: &[&str] = &[
-    "abs", "acos", "asin", "atan", "atan2", "ceil", "cos", "degrees", "exp", "floor", "ln", "log",
-    "log10", "log2", "pi", "power", "radians", "random", "round", "signum", "sin", "sqrt", "tan", "trunc",
+    "abs", "acos", "asin", "atan", "atan2", "ceil", "cos", "degrees", "exp", "floor", "ln", "log", "log10", "log2",
+    "pi", "power", "radians", "random", "round", "signum", "sin", "sqrt", "tan", "trunc",
 ];
 const STRING_FUNCTIONS: &[&str] = &[
-    "ascii", "btrim", "char_length", "concat", "initcap", "left", "length", "lower", "lpad", "ltrim",
-    "md5", "regexp_replace", "repeat", "replace", "reverse", "right", "rpad", "rtrim", "split_part",
-    "starts_with", "strpos", "substr", "translate", "trim", "upper",
+    "ascii",
+    "btrim",
+    "char_length",
+    "concat",
+    "initcap",
+    "left",
+    "length",
+    "lower",
+    "lpad",
+    "ltrim",
+    "md5",
+    "regexp_replace",
+    "repeat",
+    "replace",
+    "reverse",
+    "right",
+    "rpad",
+    "rtrim",
+    "split_part",
+    "starts_with",
+    "strpos",
+    "substr",
+    "translate",
+    "trim",
+    "upper",
 ];
 const DATETIME_FUNCTIONS: &[&str] = &[
-    "current_date", "current_time", "date_bin", "date_part", "date_trunc", "extract", "from_unixtime",
-    "now", "to_timestamp", "to_date",
+    "current_date",
+    "current_time",
+    "date_bin",
+    "date_part",
+    "date_trunc",
+    "extract",
+    "from_unixtime",
+    "now",
+    "to_timestamp",
+    "to_date",
 ];
 
 /// The XDBC types the engine supports.
-pub fn xdbc_info() -> Result<XdbcTypeInfoData, Status> {
+pub fn xdbc_info() -> Result<XdbcTypeInfoData> {
     let mut b = XdbcTypeInfoDataBuilder::new();
     let mut add = |name: &str, t: XdbcDataType, size: Option<i32>, quote: bool, sub: Option<XdbcDatetimeSubcode>| {
         b.append(XdbcTypeInfo {
@@ -141,7 +187,7 @@ pub fn xdbc_info() -> Result<XdbcTypeInfoData, Status> {
     add("DATE", XdbcDataType::XdbcDatetime, Some(10), true, Some(XdbcDatetimeSubcode::XdbcSubcodeYear));
     add("TIME", XdbcDataType::XdbcDatetime, Some(15), true, Some(XdbcDatetimeSubcode::XdbcSubcodeTime));
     add("TIMESTAMP", XdbcDataType::XdbcDatetime, Some(29), true, Some(XdbcDatetimeSubcode::XdbcSubcodeTimestamp));
-    b.build().map_err(|e| Status::internal(format!("building XDBC type info: {e}")))
+    b.build().map_err(|e| Error::internal(format!("building XDBC type info: {e}")))
 }
 
 /// Result schema of `CommandGetPrimaryKeys`.
@@ -206,7 +252,7 @@ pub fn client_schema(schema: &Schema) -> SchemaRef {
 }
 
 /// Make a batch match the announced schema exactly (types, nullability, metadata).
-pub fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub fn conform(batch: RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
     if batch.schema().as_ref() == schema.as_ref() {
         return Ok(batch);
     }
@@ -214,10 +260,12 @@ pub fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ar
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) }
-        })
-        .collect::<Result<Vec<ArrayRef>, _>>()?;
+        .map(
+            |(c, f)| {
+                if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) }
+            },
+        )
+        .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     RecordBatch::try_new_with_options(schema.clone(), columns, &options)
 }

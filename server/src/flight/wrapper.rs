@@ -7,14 +7,17 @@ use std::sync::Arc;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::{Any, Command};
 use arrow_flight::{
-    Action, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
-    PollInfo, SchemaAsIpc, SchemaResult, Ticket,
+    Action, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, PollInfo, SchemaAsIpc,
+    SchemaResult, Ticket,
 };
 use futures::stream::BoxStream;
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use streampulse_engine::Error;
+
 use super::StreamPulseFlightSql;
+use super::status::status;
 
 /// The Flight service: [`StreamPulseFlightSql`] plus `GetSchema` and `PollFlightInfo`.
 #[derive(Clone)]
@@ -60,15 +63,20 @@ impl FlightService for Service {
         // Statements are planned (and DDL/DML run) inside GetFlightInfo, so the answer is
         // complete at once: progress 1, no further descriptor to poll.
         let info = FlightService::get_flight_info(self.inner.as_ref(), request).await?.into_inner();
-        Ok(Response::new(PollInfo { info: Some(info), flight_descriptor: None, progress: Some(1.0), expiration_time: None }))
+        Ok(Response::new(PollInfo {
+            info: Some(info),
+            flight_descriptor: None,
+            progress: Some(1.0),
+            expiration_time: None,
+        }))
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        let principal = self.inner.principal(&request).await?;
+        let principal = self.inner.principal(&request).await.map_err(status)?;
         let any = Any::decode(&*request.get_ref().cmd)
-            .map_err(|e| Status::invalid_argument(format!("descriptor is not a Flight SQL command: {e}")))?;
-        let cmd = Command::try_from(any).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let schema = match self.inner.schema_for(&principal, cmd).await? {
+            .map_err(|e| status(Error::invalid(format!("descriptor is not a Flight SQL command: {e}"))))?;
+        let cmd = Command::try_from(any).map_err(|e| status(Error::invalid(e.to_string())))?;
+        let schema = match self.inner.schema_for(&principal, cmd).await.map_err(status)? {
             Some(schema) => schema,
             None => {
                 // Metadata commands: their FlightInfo is cheap and has no side effects.
@@ -79,7 +87,7 @@ impl FlightService for Service {
         let options = arrow::ipc::writer::IpcWriteOptions::default();
         let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
             .try_into()
-            .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+            .map_err(|e: arrow::error::ArrowError| status(Error::internal(format!("encoding schema: {e}"))))?;
         Ok(Response::new(result))
     }
 
@@ -103,7 +111,6 @@ impl FlightService for Service {
         &self,
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Status::unimplemented("DoExchange is not part of Flight SQL and is not supported"))
+        Err(status(Error::not_supported("DoExchange is not part of Flight SQL and is not supported")))
     }
 }
-

@@ -1,0 +1,194 @@
+//! DataFusion's view of the persisted catalog: one [`CatalogProvider`] whose schemas and
+//! tables are exactly what [`CatalogStore`] holds. Nothing is registered by hand anywhere else,
+//! so what a query sees is what survives a restart.
+//!
+//! Managed tables are opened at their newest Delta version on every lookup (a query never sees
+//! a stale snapshot). External tables and views are re-planned from their stored statement and
+//! cached per catalog version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::datasource::ViewTable;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::sql::parser::DFParser;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+use datafusion::logical_expr::CreateExternalTable;
+
+use super::state::TableEntry;
+use super::store::CatalogStore;
+use crate::error::{Error, Result};
+
+/// Shared by the catalog provider and each schema provider.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: Arc<CatalogStore>,
+    /// A session used to re-plan views and external tables; set once the engine is built.
+    pub(crate) planner: OnceLock<SessionState>,
+    /// The same session without catalogs, for re-planning external table definitions.
+    pub(crate) detached: OnceLock<SessionState>,
+    cache: Mutex<HashMap<(String, String), CachedProvider>>,
+}
+
+/// A re-planned external table or view and the catalog version it was planned at.
+type CachedProvider = (u64, Arc<dyn TableProvider>);
+
+impl Shared {
+    pub(crate) fn new(store: Arc<CatalogStore>) -> Arc<Self> {
+        Arc::new(Self { store, planner: OnceLock::new(), detached: OnceLock::new(), cache: Mutex::new(HashMap::new()) })
+    }
+
+    fn planner(&self) -> DfResult<&SessionState> {
+        self.planner
+            .get()
+            .ok_or_else(|| DataFusionError::Internal("catalog planner used before the engine was built".into()))
+    }
+
+    /// Open what `schema.table` refers to, or `None` if it does not exist.
+    pub(crate) async fn open(&self, schema: &str, table: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let snapshot = self.store.snapshot();
+        let Some(entry) = snapshot.table(schema, table).cloned() else {
+            return Ok(None);
+        };
+        let key = (schema.to_string(), table.to_string());
+        if !matches!(entry, TableEntry::Managed { .. })
+            && let Some((v, p)) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned())
+            && v == snapshot.version
+        {
+            return Ok(Some(p));
+        }
+        let provider = match &entry {
+            TableEntry::Managed { location, .. } => {
+                crate::delta::open_table(self.store.warehouse(), location).await?.table_provider().await?
+            }
+            TableEntry::External { sql, .. } => {
+                let state = self.detached.get().ok_or_else(|| {
+                    DataFusionError::Internal("catalog planner used before the engine was built".into())
+                })?;
+                match plan_one(state, sql).await? {
+                    LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
+                        external_table_provider(state, &cmd).await?
+                    }
+                    other => {
+                        return Err(corrupt(schema, table, format!("not CREATE EXTERNAL TABLE: {}", other.display())));
+                    }
+                }
+            }
+            TableEntry::View { sql } => {
+                let state = self.planner()?;
+                match plan_one(state, sql).await? {
+                    LogicalPlan::Ddl(DdlStatement::CreateView(v)) => {
+                        Arc::new(ViewTable::new((*v.input).clone(), v.definition.clone())) as Arc<dyn TableProvider>
+                    }
+                    other => {
+                        return Err(corrupt(schema, table, format!("not CREATE VIEW: {}", other.display())));
+                    }
+                }
+            }
+        };
+        if !matches!(entry, TableEntry::Managed { .. })
+            && let Ok(mut c) = self.cache.lock()
+        {
+            c.insert(key, (snapshot.version, provider.clone()));
+        }
+        Ok(Some(provider))
+    }
+}
+
+/// Plan a single stored statement.
+async fn plan_one(state: &SessionState, sql: &str) -> Result<LogicalPlan> {
+    let mut stmts = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?;
+    let stmt = stmts.pop_front().ok_or_else(|| Error::internal(format!("empty stored statement: {sql}")))?;
+    Ok(state.statement_to_plan(stmt).await?)
+}
+
+fn corrupt(schema: &str, table: &str, detail: String) -> Error {
+    Error::Corrupt { path: format!("the stored definition of {schema}.{table}"), detail }
+}
+
+/// Build the table provider for an external table definition with DataFusion's file factories.
+pub(crate) async fn external_table_provider(
+    state: &SessionState,
+    cmd: &CreateExternalTable,
+) -> Result<Arc<dyn TableProvider>> {
+    let file_type = cmd.file_type.to_uppercase();
+    let factory = state.table_factories().get(file_type.as_str()).ok_or_else(|| {
+        Error::invalid(format!("unknown file format '{}': use PARQUET, CSV, JSON or AVRO", cmd.file_type))
+    })?;
+    Ok(factory.create(state, cmd).await?)
+}
+
+/// The warehouse as a DataFusion catalog.
+#[derive(Debug)]
+pub struct WarehouseCatalog {
+    shared: Arc<Shared>,
+}
+
+impl WarehouseCatalog {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl CatalogProvider for WarehouseCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.shared.store.snapshot().schemas.keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if self.shared.store.snapshot().schemas.contains_key(name) {
+            Some(Arc::new(WarehouseSchema { name: name.to_string(), shared: self.shared.clone() }))
+        } else {
+            None
+        }
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        _schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        Err(DataFusionError::Plan(format!(
+            "schema '{name}' can only be created with CREATE SCHEMA through the warehouse"
+        )))
+    }
+}
+
+/// One schema of the warehouse.
+#[derive(Debug)]
+pub struct WarehouseSchema {
+    name: String,
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl SchemaProvider for WarehouseSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.shared
+            .store
+            .snapshot()
+            .schemas
+            .get(&self.name)
+            .map(|s| s.tables.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        self.shared.open(&self.name, name).await.map_err(Error::into_datafusion)
+    }
+
+    fn register_table(&self, name: String, _table: Arc<dyn TableProvider>) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Err(DataFusionError::Plan(format!(
+            "table '{name}' can only be created with CREATE TABLE through the warehouse"
+        )))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.shared.store.snapshot().table(&self.name, name).is_some()
+    }
+}

@@ -1,0 +1,134 @@
+//! One caller's session: a DataFusion context whose memory pool is its own [`QueryPool`], so
+//! what it runs is capped at the per-query limit and measured (peak reserved memory, spills).
+//!
+//! Every plan a session runs goes through [`Session::execute`], which adds the plan's spill
+//! figures to the session's statistics when its stream ends or is dropped: the one place where
+//! "execute, then record what it spilled" happens.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use futures::Stream;
+
+use super::pool::QueryPool;
+use crate::error::Result;
+
+/// What one statement cost: its peak reserved memory and what it spilled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// Highest total the statement's operators had reserved in the memory pool, in bytes.
+    pub peak_memory: usize,
+    /// Spill files written.
+    pub spill_count: usize,
+    /// Bytes written to spill files.
+    pub spilled_bytes: usize,
+}
+
+/// A session over the engine's catalog and functions with its own per-query pool.
+#[derive(Clone)]
+pub struct Session {
+    ctx: SessionContext,
+    pool: Arc<QueryPool>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("session_id", &self.ctx.session_id()).finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(ctx: SessionContext, pool: Arc<QueryPool>) -> Self {
+        Self { ctx, pool }
+    }
+
+    /// The DataFusion context (planning, `ctx.sql`, table lookups).
+    pub fn ctx(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// What this session's statements cost since the last [`Session::reset_stats`].
+    pub fn stats(&self) -> QueryStats {
+        let (spill_count, spilled_bytes) = self.pool.spills();
+        QueryStats { peak_memory: self.pool.peak(), spill_count, spilled_bytes }
+    }
+
+    /// Start measuring the next statement.
+    pub fn reset_stats(&self) {
+        self.pool.reset();
+    }
+
+    /// The physical plan of a query, DML or session statement.
+    pub async fn physical_plan(&self, plan: LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        Ok(df.create_physical_plan().await?)
+    }
+
+    /// Run a physical plan as a stream of batches; its spills are added to [`Session::stats`]
+    /// when the stream ends or is dropped.
+    pub fn execute(&self, plan: Arc<dyn ExecutionPlan>) -> Result<SendableRecordBatchStream> {
+        let inner = datafusion::physical_plan::execute_stream(Arc::clone(&plan), self.ctx.task_ctx())?;
+        Ok(Box::pin(RecordSpills { inner, plan, pool: Arc::clone(&self.pool), recorded: false }))
+    }
+}
+
+/// Spill files and bytes written by every operator of an executed plan.
+fn plan_spills(plan: &Arc<dyn ExecutionPlan>) -> (usize, usize) {
+    let (mut count, mut bytes) =
+        plan.metrics().map_or((0, 0), |m| (m.spill_count().unwrap_or(0), m.spilled_bytes().unwrap_or(0)));
+    for child in plan.children() {
+        let (c, b) = plan_spills(child);
+        count += c;
+        bytes += b;
+    }
+    (count, bytes)
+}
+
+/// A plan's stream that, once finished or dropped, adds the plan's spills to its session.
+struct RecordSpills {
+    inner: SendableRecordBatchStream,
+    plan: Arc<dyn ExecutionPlan>,
+    pool: Arc<QueryPool>,
+    recorded: bool,
+}
+
+impl RecordSpills {
+    fn record(&mut self) {
+        if !self.recorded {
+            self.recorded = true;
+            let (count, bytes) = plan_spills(&self.plan);
+            self.pool.add_spills(count, bytes);
+        }
+    }
+}
+
+impl Stream for RecordSpills {
+    type Item = datafusion::error::Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = self.inner.as_mut().poll_next(cx);
+        if matches!(next, Poll::Ready(None)) {
+            self.record();
+        }
+        next
+    }
+}
+
+impl RecordBatchStream for RecordSpills {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+impl Drop for RecordSpills {
+    fn drop(&mut self) {
+        self.record();
+    }
+}

@@ -1,0 +1,13 @@
+//! SQL in, results out: script splitting ([`split`]), `${param}` substitution ([`params`]),
+//! statement classification and planning ([`plan`]), and **the one script runner**
+//! ([`runner`]) that the CLI, the Flight SQL service and the scheduler all call.
+
+pub mod params;
+pub mod plan;
+pub mod runner;
+pub mod split;
+
+pub use params::{parse_param, substitute_params};
+pub use plan::{Planned, StatementKind, count_schema};
+pub use runner::{ScriptError, StatementOutput, StatementReport};
+pub use split::split_statements;

@@ -1,0 +1,148 @@
+//! Settings: each flag, its environment variable (`STREAMPULSE_*`) and its default declared
+//! once, as clap attributes on typed fields; an optional TOML file ([`file`]) for the same keys,
+//! merged in one place; the README's configuration table generated from these declarations and
+//! kept current by a test ([`reference`]).
+//!
+//! Precedence: flag or env var, then the file, then the default.
+
+pub mod file;
+pub mod reference;
+pub mod size;
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use clap::Args;
+use streampulse_engine::{EngineConfig, Error, Result, S3Config};
+
+pub use size::{ByteSize, MemorySize, SpillCompression};
+
+/// Settings shared by every command that opens a warehouse.
+#[derive(Debug, Clone, Args)]
+pub struct WarehouseArgs {
+    /// Warehouse root: a local folder or s3://bucket/prefix
+    #[arg(long, global = true, env = "STREAMPULSE_WAREHOUSE", default_value = "./warehouse")]
+    pub warehouse: String,
+    /// TOML file with any of these settings (flags and env vars win over it)
+    #[arg(long, global = true, env = "STREAMPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Memory pool shared by all queries: bytes, "4GiB", "512MiB" or a share of RAM like "50%"
+    #[arg(long, global = true, env = "STREAMPULSE_MEMORY_LIMIT", default_value = "50%")]
+    pub memory_limit: MemorySize,
+    /// Memory one query may use, within --memory-limit: bytes, "1GiB" or a share of RAM [default: the memory limit]
+    #[arg(long, global = true, env = "STREAMPULSE_QUERY_MEMORY_LIMIT")]
+    pub query_memory_limit: Option<MemorySize>,
+    /// Folder for spill files [default: the OS temp folder]
+    #[arg(long, global = true, env = "STREAMPULSE_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+    /// Most disk that spill files may take at once, all queries together; a query going over fails with RESOURCE_EXHAUSTED [default: 100GiB]
+    #[arg(long, global = true, env = "STREAMPULSE_SPILL_MAX_SIZE")]
+    pub spill_max_size: Option<ByteSize>,
+    /// Spill file compression: uncompressed, lz4_frame or zstd
+    #[arg(long, global = true, env = "STREAMPULSE_SPILL_COMPRESSION", default_value = "lz4_frame")]
+    pub spill_compression: SpillCompression,
+    /// Partitions (threads) per query [default: number of cores]
+    #[arg(long, global = true, env = "STREAMPULSE_TARGET_PARTITIONS")]
+    pub target_partitions: Option<NonZeroUsize>,
+    /// S3 endpoint URL for S3-compatible servers (MinIO, moto) [default: AWS]
+    #[arg(long, global = true, env = "STREAMPULSE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: AWS's default]
+    #[arg(long, global = true, env = "STREAMPULSE_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// S3 access key id (or AWS_ACCESS_KEY_ID)
+    #[arg(long, global = true, env = "STREAMPULSE_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key (or AWS_SECRET_ACCESS_KEY)
+    #[arg(long, global = true, env = "STREAMPULSE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Allow plain http:// S3 endpoints [default: true for http:// endpoints]
+    #[arg(long, global = true, env = "STREAMPULSE_S3_ALLOW_HTTP")]
+    pub s3_allow_http: Option<bool>,
+    /// Without keys, take S3 credentials from the cloud instance's metadata endpoint; off, a
+    /// warehouse on S3 without keys fails at once naming these settings [default: false]
+    #[arg(long, global = true, env = "STREAMPULSE_S3_INSTANCE_CREDENTIALS")]
+    pub s3_instance_credentials: Option<bool>,
+}
+
+/// Settings of the server (`serve`).
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Flight SQL address; port 0 picks a free port (printed at start)
+    #[arg(long, env = "STREAMPULSE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Lifetime of bearer tokens issued at handshake
+    #[arg(long, env = "STREAMPULSE_TOKEN_TTL", default_value = "12h")]
+    pub token_ttl: humantime::Duration,
+    /// Statements that may run at once; the rest wait in a FIFO queue
+    #[arg(long, env = "STREAMPULSE_MAX_CONCURRENT_QUERIES", default_value = "8")]
+    pub max_concurrent_queries: NonZeroUsize,
+    /// Longest wait in that queue, then RESOURCE_EXHAUSTED "server busy"
+    #[arg(long, env = "STREAMPULSE_QUEUE_TIMEOUT", default_value = "60s")]
+    pub queue_timeout: humantime::Duration,
+    /// Name of the admin created on the first start of a fresh warehouse
+    #[arg(long, env = "STREAMPULSE_ADMIN_USER", default_value = "admin")]
+    pub admin_user: String,
+    /// Password of that first admin [default: generated and printed once]
+    #[arg(long, env = "STREAMPULSE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Generate a small StreamPulse dataset and load it (schema `music`) before serving, unless it is already there; local warehouses only
+    #[arg(long, env = "STREAMPULSE_DEMO")]
+    pub demo: bool,
+    /// Scale factor of the --demo dataset (1 = 100 M plays)
+    #[arg(long, env = "STREAMPULSE_DEMO_SCALE", default_value_t = 0.001)]
+    pub demo_scale: f64,
+}
+
+impl WarehouseArgs {
+    /// The engine configuration these settings describe.
+    pub fn engine_config(&self) -> Result<EngineConfig> {
+        let total = total_memory();
+        let memory_limit = self.memory_limit.bytes(total);
+        let query_memory_limit = match &self.query_memory_limit {
+            Some(size) => {
+                let bytes = size.bytes(total);
+                if bytes > memory_limit {
+                    return Err(Error::invalid(format!(
+                        "query memory limit {size} is above the memory limit {} ({bytes} > {memory_limit} bytes)",
+                        self.memory_limit
+                    )));
+                }
+                Some(bytes)
+            }
+            None => None,
+        };
+        let s3 = S3Config {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+            allow_http: self.s3_allow_http,
+            instance_credentials: self.s3_instance_credentials,
+        };
+        Ok(EngineConfig {
+            warehouse: self.warehouse.clone(),
+            s3,
+            memory_limit,
+            query_memory_limit,
+            spill_dir: self.spill_dir.clone(),
+            spill_max_size: self.spill_max_size.map(|s| s.0),
+            spill_compression: Some(self.spill_compression.as_str().to_string()),
+            target_partitions: self.target_partitions.map(NonZeroUsize::get),
+        })
+    }
+}
+
+/// Physical memory in bytes (from /proc/meminfo), or 8 GiB when it cannot be read.
+pub fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(8 << 30)
+}

@@ -1,0 +1,89 @@
+//! `serve`: composes what the server runs on one engine. Today that is the first admin of a
+//! fresh warehouse, the optional demo data ([`crate::demo`]) and the Flight SQL service
+//! ([`crate::flight`]) on its listener; background services (scheduler, ingest pipes) and the
+//! HTTP listener for metrics join here, each started and stopped in this one place.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use streampulse_engine::Engine;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{error, info};
+
+use crate::admission::Admission;
+use crate::auth::{self, Authenticator};
+use crate::cli::CliError;
+use crate::config::ServerArgs;
+use crate::flight::wrapper::Service;
+use crate::flight::{MAX_MESSAGE_BYTES, StreamPulseFlightSql};
+
+/// Run the server until SIGINT or SIGTERM.
+pub async fn run(engine: Engine, args: ServerArgs) -> Result<(), CliError> {
+    if let Some(generated) = auth::bootstrap_admin(engine.catalog(), &args.admin_user, args.admin_password).await? {
+        println!(
+            "Created user '{}' with generated password: {generated}\n\
+             (shown only now; set STREAMPULSE_ADMIN_PASSWORD on first start to choose it)",
+            args.admin_user
+        );
+    }
+    if args.demo {
+        crate::demo::load(&engine, args.demo_scale).await?;
+    }
+    let listen = &args.listen;
+    let addr: SocketAddr = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| CliError::usage(format!("cannot resolve listen address {listen}: {e}")))?
+        .next()
+        .ok_or_else(|| CliError::usage(format!("listen address {listen} resolves to nothing")))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::failed(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr().map_err(CliError::failed)?;
+
+    let auth = Arc::new(Authenticator::new(args.token_ttl.into()));
+    let admission = Admission::new(args.max_concurrent_queries.get(), args.queue_timeout.into());
+    let flight_sql = Arc::new(StreamPulseFlightSql::new(engine.clone(), auth, admission)?);
+    let service = FlightServiceServer::new(Service::new(flight_sql))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    info!(
+        address = %bound,
+        warehouse = %engine.warehouse().root(),
+        memory_limit = engine.memory_limit(),
+        "Flight SQL server listening"
+    );
+    println!("StreamPulse Flight SQL listening on grpc://{bound}");
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .await
+        .map_err(|e| CliError::failed(format!("server failed: {e}")))?;
+    info!("server stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    info!("shutting down");
+}

@@ -1,0 +1,654 @@
+//! `top_k_nearest(users_sql, items_sql, k [, metric])`: a table function that scores every
+//! query vector against every item vector with a blocked matrix multiply and keeps the `k` best
+//! items per query, skipping the items each query lists as already seen.
+//!
+//! ```sql
+//! SELECT user_id, rank, item_id AS song_id, score
+//! FROM top_k_nearest(
+//!     'SELECT user_id, taste, played FROM music.user_taste',  -- id, vector [, ids to exclude]
+//!     'SELECT song_id, vector FROM music.song_vectors',       -- id, vector
+//!     10)
+//! ```
+//!
+//! How it runs. Both queries are planned in the caller's session (read-only: DDL, DML and SET
+//! are refused) and become the two children of [`TopKNearestExec`], so EXPLAIN and the metrics
+//! show them. The item side is collected once per query into a row-major matrix (f32 for
+//! scoring, f64 for the final scores; its bytes are reserved in the memory pool). Each output
+//! partition streams its share of the user side: per batch, blocks of [`USER_BLOCK`] users are
+//! multiplied with tiles of [`ITEM_TILE`] items by `matrixmultiply::sgemm` (the GEMM kernel
+//! behind ndarray), and a per-user candidate list of `k + SLACK` best items is kept with a
+//! threshold test, so the hot loop is a GEMM and a compare. Candidates are then rescored in f64
+//! and ordered by (score desc, item id asc), so results are exact and deterministic; f32 only
+//! chooses the candidates, with [`SLACK`] extra places to absorb its rounding. The CPU work runs
+//! on tokio's blocking pool, one task per batch and up to `target_partitions` batches in flight
+//! per partition, so even a one-file user table uses every core without stalling
+//! the server's request threads.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, ListArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
+use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::session_state::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Documentation, Expr, TableType};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
+};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::OnceCell;
+
+/// Users multiplied at once: one block's score tile is `USER_BLOCK x ITEM_TILE` f32 (256 KiB,
+/// so it stays in L2 between the multiply that writes it and the scan that reads it).
+pub const USER_BLOCK: usize = 64;
+/// Items per tile of the multiply.
+pub const ITEM_TILE: usize = 1024;
+/// Extra candidates kept per user from the f32 pass before the exact f64 rescoring.
+pub const SLACK: usize = 8;
+/// Largest `k` accepted.
+pub const MAX_K: i64 = 10_000;
+
+const NAME: &str = "top_k_nearest";
+
+/// How a query vector is compared with an item vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Cosine similarity: both sides are normalised; zero vectors are skipped.
+    Cosine,
+    /// Plain dot product.
+    InnerProduct,
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Metric::Cosine => "cosine",
+            Metric::InnerProduct => "inner_product",
+        })
+    }
+}
+
+/// The output columns: one row per (query, rank).
+pub fn output_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("rank", DataType::Int32, false),
+        Field::new("item_id", DataType::Int64, false),
+        Field::new("score", DataType::Float64, false),
+    ]))
+}
+
+/// The table function registered as `top_k_nearest`.
+#[derive(Debug, Default)]
+pub struct TopKNearestFunction;
+
+impl TopKNearestFunction {
+    /// Reference documentation (table functions have no `Documentation` hook of their own).
+    pub fn documentation() -> &'static Documentation {
+        static DOC: LazyLock<Documentation> = LazyLock::new(|| {
+            Documentation::builder(
+                datafusion::logical_expr::DocSection {
+                    include: true,
+                    label: "StreamPulse Functions",
+                    description: None,
+                },
+                "Table function: for every row of `users_sql` (id, vector [, list of item ids to exclude]) \
+returns its `k` most similar rows of `items_sql` (id, vector) as columns `user_id, rank, item_id, score`, \
+rank 1 = best, ties to the lower item id. Scores every user against every item with a blocked matrix multiply \
+(matrixmultiply's sgemm) on all cores — exact: candidates from f32 are rescored in f64. Both arguments are \
+read-only SQL queries (write quotes inside them as ''). Ids must be integers, vectors lists of numbers of one \
+length; users or items with a NULL or (for cosine) all-zero vector are skipped; excluded ids that are not items \
+are ignored; a user with fewer than `k` eligible items gets fewer rows. The item matrix is held in memory \
+(about 12 bytes per value, reserved in the memory pool)."
+                    .to_string(),
+                "top_k_nearest(users_sql, items_sql, k [, metric])".to_string(),
+            )
+            .with_sql_example(
+                r#"```sql
+> SELECT * FROM top_k_nearest('SELECT * FROM (VALUES (1, [1.0, 0.0], [10])) AS u(id, v, seen)',
+                              'SELECT * FROM (VALUES (10, [1.0, 0.1]), (11, [0.9, 0.3]), (12, [0.0, 1.0])) AS s(id, v)', 2);
+user_id rank item_id score
+1       1    11      0.9486832980505138
+2       2    12      0.0
+```"#,
+            )
+            .with_argument("users_sql", "Query giving (id, vector) or (id, vector, ids to exclude) per user.")
+            .with_argument("items_sql", "Query giving (id, vector) per item.")
+            .with_argument("k", "How many items per user, 1 to 10000.")
+            .with_argument("metric", "'cosine' (default) or 'inner_product'.")
+            .build()
+        });
+        &DOC
+    }
+}
+
+fn string_arg(args: &[Expr], i: usize, name: &str) -> Result<String> {
+    match args.get(i) {
+        Some(Expr::Literal(
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
+            _,
+        )) => Ok(s.clone()),
+        Some(other) => plan_err!("{NAME}: {name} (argument {}) must be a string literal, got {other}", i + 1),
+        None => {
+            plan_err!("{NAME}: missing argument {} ({name}); usage: {NAME}(users_sql, items_sql, k [, metric])", i + 1)
+        }
+    }
+}
+
+impl TableFunctionImpl for TopKNearestFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let exprs = args.exprs();
+        if !(3..=4).contains(&exprs.len()) {
+            return plan_err!(
+                "{NAME}: expected 3 or 4 arguments (users_sql, items_sql, k [, metric]), got {}",
+                exprs.len()
+            );
+        }
+        let users_sql = string_arg(exprs, 0, "users_sql")?;
+        let items_sql = string_arg(exprs, 1, "items_sql")?;
+        let k = match &exprs[2] {
+            Expr::Literal(v, _) if v.data_type().is_integer() && !v.is_null() => match v.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(Some(k)) => k,
+                _ => return plan_err!("{NAME}: k must be an integer literal"),
+            },
+            other => return plan_err!("{NAME}: k (argument 3) must be an integer literal, got {other}"),
+        };
+        if !(1..=MAX_K).contains(&k) {
+            return plan_err!("{NAME}: k must be between 1 and {MAX_K}, got {k}");
+        }
+        let metric = match exprs.get(3) {
+            None => Metric::Cosine,
+            Some(_) => match string_arg(exprs, 3, "metric")?.to_ascii_lowercase().as_str() {
+                "cosine" => Metric::Cosine,
+                "inner_product" | "dot" => Metric::InnerProduct,
+                other => return plan_err!("{NAME}: unknown metric '{other}'; use 'cosine' or 'inner_product'"),
+            },
+        };
+        Ok(Arc::new(TopKNearestTable { users_sql, items_sql, k: k as usize, metric }))
+    }
+}
+
+/// What `top_k_nearest(...)` returns at planning time; the queries are planned at scan.
+#[derive(Debug)]
+pub struct TopKNearestTable {
+    users_sql: String,
+    items_sql: String,
+    k: usize,
+    metric: Metric,
+}
+
+async fn plan_query(session: &SessionState, sql: &str, what: &str) -> Result<Arc<dyn ExecutionPlan>> {
+    let ctx = SessionContext::new_with_state(session.clone());
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let df = ctx
+        .sql_with_options(sql, options)
+        .await
+        .map_err(|e| DataFusionError::Plan(format!("{NAME}: {what} query: {e}")))?;
+    df.create_physical_plan().await
+}
+
+fn check_vector_type(what: &str, column: &Field) -> Result<()> {
+    match column.data_type() {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) if f.data_type().is_numeric() => {
+            Ok(())
+        }
+        other => plan_err!(
+            "{NAME}: the {what} query's second column ({}) must be a list of numbers, got {other}",
+            column.name()
+        ),
+    }
+}
+
+fn check_id_type(what: &str, column: &Field) -> Result<()> {
+    if column.data_type().is_integer() {
+        Ok(())
+    } else {
+        plan_err!(
+            "{NAME}: the {what} query's first column ({}) must be an integer id, got {}",
+            column.name(),
+            column.data_type()
+        )
+    }
+}
+
+#[async_trait]
+impl TableProvider for TopKNearestTable {
+    fn schema(&self) -> SchemaRef {
+        output_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
+            return plan_err!("{NAME} needs a DataFusion SessionState to plan its queries");
+        };
+        let users = plan_query(session, &self.users_sql, "users").await?;
+        let items = plan_query(session, &self.items_sql, "items").await?;
+        let (us, is) = (users.schema(), items.schema());
+        if !(2..=3).contains(&us.fields().len()) {
+            return plan_err!(
+                "{NAME}: the users query must return (id, vector) or (id, vector, excluded ids), got {} columns",
+                us.fields().len()
+            );
+        }
+        if is.fields().len() != 2 {
+            return plan_err!("{NAME}: the items query must return (id, vector), got {} columns", is.fields().len());
+        }
+        check_id_type("users", us.field(0))?;
+        check_vector_type("users", us.field(1))?;
+        check_id_type("items", is.field(0))?;
+        check_vector_type("items", is.field(1))?;
+        if let Some(excluded) = us.fields().get(2) {
+            match excluded.data_type() {
+                DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _)
+                    if f.data_type().is_integer() => {}
+                other => {
+                    return plan_err!(
+                        "{NAME}: the users query's third column ({}) must be a list of item ids, got {other}",
+                        excluded.name()
+                    );
+                }
+            }
+        }
+        Ok(Arc::new(TopKNearestExec::new(users, items, self.k, self.metric, projection.cloned())))
+    }
+}
+
+/// The item side, loaded once per query.
+#[derive(Debug)]
+struct Items {
+    ids: Vec<i64>,
+    dim: usize,
+    /// `ids.len() x dim`, row-major, normalised for cosine.
+    f32s: Vec<f32>,
+    f64s: Vec<f64>,
+    index: HashMap<i64, u32>,
+    /// The matrix's bytes in the memory pool, released when the last partition drops it.
+    _reservation: MemoryReservation,
+}
+
+/// Scores users against items; see the module documentation.
+#[derive(Debug)]
+pub struct TopKNearestExec {
+    users: Arc<dyn ExecutionPlan>,
+    items: Arc<dyn ExecutionPlan>,
+    k: usize,
+    metric: Metric,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    loaded: Arc<OnceCell<Arc<Items>>>,
+}
+
+impl TopKNearestExec {
+    fn new(
+        users: Arc<dyn ExecutionPlan>,
+        items: Arc<dyn ExecutionPlan>,
+        k: usize,
+        metric: Metric,
+        projection: Option<Vec<usize>>,
+    ) -> Self {
+        let full = output_schema();
+        let schema = match &projection {
+            Some(p) => Arc::new(full.project(p).unwrap_or_else(|_| full.as_ref().clone())),
+            None => full,
+        };
+        let partitions = users.output_partitioning().partition_count();
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self { users, items, k, metric, projection, schema, properties, loaded: Arc::new(OnceCell::new()) }
+    }
+}
+
+impl DisplayAs for TopKNearestExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(f, "TopKNearestExec: k={}, metric={}", self.k, self.metric)
+            }
+            DisplayFormatType::TreeRender => write!(f, "k={}\nmetric={}", self.k, self.metric),
+        }
+    }
+}
+
+impl ExecutionPlan for TopKNearestExec {
+    fn name(&self) -> &'static str {
+        "TopKNearestExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.users, &self.items]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        let [users, items]: [Arc<dyn ExecutionPlan>; 2] =
+            children.try_into().map_err(|_| DataFusionError::Internal("TopKNearestExec takes two children".into()))?;
+        Ok(Arc::new(Self::new(users, items, self.k, self.metric, self.projection.clone())))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let users = self.users.execute(partition, Arc::clone(&context))?;
+        let items_plan = Arc::clone(&self.items);
+        let loaded = Arc::clone(&self.loaded);
+        let (k, metric, projection) = (self.k, self.metric, self.projection.clone());
+        let stream = futures::stream::once(async move {
+            let items = loaded
+                .get_or_try_init(|| load_items(items_plan, Arc::clone(&context), metric))
+                .await
+                .map(Arc::clone)?;
+            // Several batches in flight per partition: a scan's partitions follow files and row
+            // groups, so a one-file user table would otherwise be scored on one core.
+            let in_flight = context.session_config().target_partitions().max(1);
+            let scored = users
+                .map(move |batch| {
+                    let items = Arc::clone(&items);
+                    let projection = projection.clone();
+                    async move {
+                        let batch = batch?;
+                        let out = tokio::task::spawn_blocking(move || score_batch(&items, &batch, k, metric))
+                            .await
+                            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+                        match projection {
+                            Some(p) => Ok(out.project(&p)?),
+                            None => Ok(out),
+                        }
+                    }
+                })
+                .buffered(in_flight);
+            Ok::<_, DataFusionError>(scored)
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), stream)))
+    }
+}
+
+/// Ids as i64 and vectors as `List<Float64>`, whatever integer/list/number types came in.
+fn ids_and_vectors(batch: &RecordBatch) -> Result<(Int64Array, ListArray)> {
+    let ids = cast(batch.column(0), &DataType::Int64)?;
+    let list_type = DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true)));
+    let vectors = cast(batch.column(1), &list_type)?;
+    let ids = ids
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Internal("id cast".into()))?;
+    let vectors = vectors
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Internal("vector cast".into()))?;
+    Ok((ids, vectors))
+}
+
+/// Row `row` of a `List<Float64>` as a slice, or None when it is NULL or holds a NULL.
+fn row_values(list: &ListArray, row: usize) -> Option<&[f64]> {
+    if list.is_null(row) {
+        return None;
+    }
+    let offsets = list.value_offsets();
+    let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+    let floats = list.values().as_any().downcast_ref::<Float64Array>()?;
+    if floats.null_count() > 0 && (start..end).any(|i| floats.is_null(i)) {
+        return None;
+    }
+    Some(&floats.values()[start..end])
+}
+
+/// The vector to score with, normalised for cosine; None when it cannot be scored.
+fn prepared(values: &[f64], metric: Metric) -> Option<Vec<f64>> {
+    if values.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    match metric {
+        Metric::InnerProduct => Some(values.to_vec()),
+        Metric::Cosine => {
+            let norm = values.iter().map(|v| v * v).sum::<f64>().sqrt();
+            (norm > 0.0).then(|| values.iter().map(|v| v / norm).collect())
+        }
+    }
+}
+
+async fn load_items(plan: Arc<dyn ExecutionPlan>, context: Arc<TaskContext>, metric: Metric) -> Result<Arc<Items>> {
+    let batches = datafusion::physical_plan::collect(plan, Arc::clone(&context)).await?;
+    let mut rows: Vec<(i64, Vec<f64>)> = Vec::new();
+    let mut dim: Option<usize> = None;
+    let mut skipped = 0usize;
+    for batch in &batches {
+        let (ids, vectors) = ids_and_vectors(batch)?;
+        for row in 0..batch.num_rows() {
+            if ids.is_null(row) {
+                return exec_err!("{NAME}: the items query returned a NULL id");
+            }
+            let Some(values) = row_values(&vectors, row) else {
+                skipped += 1;
+                continue;
+            };
+            match dim {
+                None => dim = Some(values.len()),
+                Some(d) if d != values.len() => {
+                    return exec_err!(
+                        "{NAME}: item {} has a vector of {} values, earlier items have {d}",
+                        ids.value(row),
+                        values.len()
+                    );
+                }
+                Some(_) => {}
+            }
+            match prepared(values, metric) {
+                Some(v) => rows.push((ids.value(row), v)),
+                None => skipped += 1,
+            }
+        }
+    }
+    drop(batches);
+    rows.sort_unstable_by_key(|(id, _)| *id);
+    if let Some(w) = rows.windows(2).find(|w| w[0].0 == w[1].0) {
+        return exec_err!("{NAME}: item id {} appears more than once in the items query", w[0].0);
+    }
+    let dim = dim.unwrap_or(0);
+    let bytes = rows.len() * (dim * 12 + 24);
+    let reservation = MemoryConsumer::new("TopKNearestExec[items]").register(context.memory_pool());
+    reservation.try_grow(bytes)?;
+    let mut items = Items {
+        ids: Vec::with_capacity(rows.len()),
+        dim,
+        f32s: Vec::with_capacity(rows.len() * dim),
+        f64s: Vec::with_capacity(rows.len() * dim),
+        index: HashMap::with_capacity(rows.len()),
+        _reservation: reservation,
+    };
+    for (i, (id, v)) in rows.into_iter().enumerate() {
+        items.ids.push(id);
+        items.index.insert(id, i as u32);
+        items.f32s.extend(v.iter().map(|x| *x as f32));
+        items.f64s.extend(v);
+    }
+    tracing::debug!(items = items.ids.len(), dim, skipped, "top_k_nearest items loaded");
+    Ok(Arc::new(items))
+}
+
+/// The candidate list of one user: at most `capacity` (f32 score, item index), best first.
+struct Candidates {
+    capacity: usize,
+    best: Vec<(f32, u32)>,
+}
+
+impl Candidates {
+    fn new(capacity: usize) -> Self {
+        Self { capacity, best: Vec::with_capacity(capacity + 1) }
+    }
+
+    #[inline]
+    fn threshold(&self) -> f32 {
+        if self.best.len() < self.capacity { f32::NEG_INFINITY } else { self.best[self.capacity - 1].0 }
+    }
+
+    /// Offer a tile of scores for items `first..first + scores.len()`. Most chunks of 16 scores
+    /// hold nothing above the threshold: their maximum (a vectorised reduction) rules them out
+    /// without a branch per score.
+    fn offer(&mut self, scores: &[f32], first: usize, excluded: &[u32]) {
+        let mut threshold = self.threshold();
+        for (c, chunk) in scores.chunks(16).enumerate() {
+            if chunk.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) <= threshold {
+                continue;
+            }
+            for (j, &s) in chunk.iter().enumerate() {
+                if s > threshold {
+                    let item = (first + c * 16 + j) as u32;
+                    if excluded.binary_search(&item).is_ok() {
+                        continue;
+                    }
+                    let at = self.best.partition_point(|(b, _)| *b >= s);
+                    self.best.insert(at, (s, item));
+                    self.best.truncate(self.capacity);
+                    threshold = self.threshold();
+                }
+            }
+        }
+    }
+}
+
+fn score_batch(items: &Items, batch: &RecordBatch, k: usize, metric: Metric) -> Result<RecordBatch> {
+    let (ids, vectors) = ids_and_vectors(batch)?;
+    let excluded_lists = match batch.num_columns() {
+        3 => {
+            let t = DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true)));
+            Some(cast(batch.column(2), &t)?)
+        }
+        _ => None,
+    };
+    let excluded_lists = excluded_lists.as_ref().and_then(|a| a.as_any().downcast_ref::<ListArray>());
+    let dim = items.dim;
+    let n = items.ids.len();
+    // the users that can be scored, with their prepared vectors and excluded item indexes
+    let mut users: Vec<(i64, Vec<f64>, Vec<u32>)> = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        if ids.is_null(row) {
+            continue;
+        }
+        let Some(values) = row_values(&vectors, row) else { continue };
+        if n > 0 && values.len() != dim {
+            return exec_err!(
+                "{NAME}: user {} has a vector of {} values, items have {dim}",
+                ids.value(row),
+                values.len()
+            );
+        }
+        let Some(v) = prepared(values, metric) else { continue };
+        let mut excluded: Vec<u32> = Vec::new();
+        if let Some(lists) = excluded_lists
+            && !lists.is_null(row)
+        {
+            let list = lists.value(row);
+            if let Some(seen) = list.as_any().downcast_ref::<Int64Array>() {
+                excluded.extend(seen.iter().flatten().filter_map(|id| items.index.get(&id).copied()));
+            }
+        }
+        excluded.sort_unstable();
+        excluded.dedup();
+        users.push((ids.value(row), v, excluded));
+    }
+
+    let (mut out_user, mut out_rank, mut out_item, mut out_score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut tile = vec![0f32; USER_BLOCK * ITEM_TILE];
+    let mut block_f32 = vec![0f32; USER_BLOCK * dim];
+    for block in users.chunks(USER_BLOCK) {
+        let m = block.len();
+        for (r, (_, v, _)) in block.iter().enumerate() {
+            for (c, x) in v.iter().enumerate() {
+                block_f32[r * dim + c] = *x as f32;
+            }
+        }
+        let mut candidates: Vec<Candidates> = (0..m).map(|_| Candidates::new(k + SLACK)).collect();
+        let mut first = 0;
+        while first < n {
+            let width = ITEM_TILE.min(n - first);
+            // SAFETY: a is m x dim (row stride dim) inside block_f32; b is the dim x width view of
+            // items first..first+width (item-major, so row stride 1 and column stride dim) inside
+            // f32s; c is m x width (row stride width) inside tile. All three buffers are at least
+            // that large and do not overlap.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    dim,
+                    width,
+                    1.0,
+                    block_f32.as_ptr(),
+                    dim as isize,
+                    1,
+                    items.f32s[first * dim..].as_ptr(),
+                    1,
+                    dim as isize,
+                    0.0,
+                    tile.as_mut_ptr(),
+                    width as isize,
+                    1,
+                );
+            }
+            for (r, cand) in candidates.iter_mut().enumerate() {
+                cand.offer(&tile[r * width..(r + 1) * width], first, &block[r].2);
+            }
+            first += width;
+        }
+        // exact rescoring in f64 of the candidates, then (score desc, item id asc)
+        for ((user, v, _), cand) in block.iter().zip(candidates) {
+            let mut exact: Vec<(f64, u32)> = cand
+                .best
+                .iter()
+                .map(|&(_, i)| {
+                    let row = &items.f64s[i as usize * dim..(i as usize + 1) * dim];
+                    (row.iter().zip(v).map(|(a, b)| a * b).sum::<f64>(), i)
+                })
+                .collect();
+            exact.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for (rank, (score, i)) in exact.into_iter().take(k).enumerate() {
+                out_user.push(*user);
+                out_rank.push(rank as i32 + 1);
+                out_item.push(items.ids[i as usize]);
+                out_score.push(score);
+            }
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(out_user)),
+        Arc::new(Int32Array::from(out_rank)),
+        Arc::new(Int64Array::from(out_item)),
+        Arc::new(Float64Array::from(out_score)),
+    ];
+    Ok(RecordBatch::try_new(output_schema(), columns)?)
+}
