@@ -150,10 +150,83 @@ def test_welch_t_test_matches_scipy(conn):
         assert r["ci_high"] == pytest.approx(ci.high, rel=1e-9, abs=1e-9)
 
 
+def test_ratio_moments_and_ratio_test_match_a_linearisation_and_least_squares(conn):
+    """The delta method and CUPED from SQL against numpy/statsmodels: per-unit linearisation, a
+    least-squares theta, scipy's Welch test of the adjusted values."""
+    import statsmodels.api as sm
+    rows = []
+    for g in range(12):
+        for variant in (0, 1):
+            n = int(RNG.integers(30, 800))
+            activity = RNG.pareto(1.5, n) + 1
+            den = RNG.poisson(activity * 5) + 1
+            num = RNG.binomial(den, RNG.beta(2, 6, n))
+            pre_den = RNG.poisson(activity * 4)
+            pre_num = RNG.binomial(pre_den, 0.25)
+            rows += [(g, variant, *v) for v in zip(num, den, pre_num, pre_den)]
+    cols = list(zip(*rows))
+    t = pa.table({"g": cols[0], "variant": cols[1], "num": cols[2], "den": cols[3], "pre_num": cols[4],
+                  "pre_den": cols[5]})
+    cur = _ingest(conn, "units", t)
+    cur.execute("EXPLAIN SELECT g, ratio_moments(num, den) FROM fn.units GROUP BY g")
+    plan = "\n".join(str(r[1]) for r in cur.fetchall())
+    assert "mode=Partial" in plan and "mode=Final" in plan, plan
+    cur.execute("""
+        WITH m AS (SELECT g, variant, ratio_moments(num, den, pre_num, pre_den) AS m FROM fn.units GROUP BY g, variant)
+        SELECT t.g, ratio_test(t.m, c.m) AS plain, ratio_test(t.m, c.m, true, 0.9) AS cuped
+        FROM m t JOIN m c ON t.g = c.g AND t.variant = 1 AND c.variant = 0 ORDER BY t.g""")
+    data = np.array(rows, dtype=float)
+    for g, plain, cuped in cur.fetchall():
+        d = data[data[:, 0] == g]
+        treat = d[:, 1] == 1
+        z, w = np.empty(len(d)), np.empty(len(d))
+        for m in (treat, ~treat):
+            for out, x, y in ((z, d[m, 2], d[m, 3]), (w, d[m, 4], d[m, 5])):
+                r = x.sum() / y.sum()
+                out[m] = r + (x - r * y) / y.mean()
+        ref = stats.ttest_ind(z[treat], z[~treat], equal_var=False)
+        assert plain["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert plain["df"] == pytest.approx(ref.df, rel=1e-9)
+        assert plain["theta"] is None and plain["variance_reduction"] is None
+        theta = sm.OLS(z, np.column_stack([np.ones(len(z)), treat, w])).fit().params[2]
+        adjusted = z - theta * w
+        ref_cuped = stats.ttest_ind(adjusted[treat], adjusted[~treat], equal_var=False)
+        ci = ref_cuped.confidence_interval(0.9)
+        assert cuped["theta"] == pytest.approx(theta, rel=1e-9)
+        assert cuped["p_value"] == pytest.approx(ref_cuped.pvalue, rel=1e-9)
+        assert cuped["ci_low"] == pytest.approx(ci.low, rel=1e-9, abs=1e-12)
+        assert cuped["ci_high"] == pytest.approx(ci.high, rel=1e-9, abs=1e-12)
+        se_raw = (z[treat].mean() - z[~treat].mean()) / ref.statistic
+        se_adj = (adjusted[treat].mean() - adjusted[~treat].mean()) / ref_cuped.statistic
+        assert cuped["variance_reduction"] == pytest.approx(1 - (se_adj / se_raw) ** 2, rel=1e-9, abs=1e-12)
+    with pytest.raises(Exception, match="must be the result of ratio_moments"):
+        cur.execute("SELECT ratio_test(1.0, 2.0)")
+        cur.fetchall()
+    with pytest.raises(Exception, match="ratio_moments takes"):
+        cur.execute("SELECT ratio_moments(num) FROM fn.units")
+        cur.fetchall()
+
+
+def test_srm_p_value_matches_scipy_chisquare(conn):
+    n_t = RNG.integers(0, 200_000, 100)
+    n_c = RNG.integers(1, 200_000, 100)
+    share = RNG.uniform(0.05, 0.95, 100)
+    cur = _ingest(conn, "srm", pa.table({"i": np.arange(100), "t": n_t, "c": n_c, "s": share}))
+    cur.execute("SELECT i, srm_p_value(t, c, s) FROM fn.srm ORDER BY i")
+    for i, p in cur.fetchall():
+        n = n_t[i] + n_c[i]
+        ref = stats.chisquare([n_t[i], n_c[i]], [n * share[i], n * (1 - share[i])]).pvalue
+        assert p == pytest.approx(ref, rel=1e-9, abs=1e-300), (n_t[i], n_c[i], share[i])
+    with pytest.raises(Exception, match="treatment_share must be in"):
+        cur.execute("SELECT srm_p_value(10, 10, 1.5)")
+        cur.fetchall()
+
+
 def test_functions_are_documented(conn):
     cur = conn.cursor()
     cur.execute("SELECT routine_name FROM information_schema.routines WHERE routine_name IN "
                 "('array_cosine_similarity', 'weighted_avg_vector', 'largest_remainder', 'ab_bucket', "
-                "'two_proportion_z_test', 'welch_t_test') ORDER BY 1")
+                "'two_proportion_z_test', 'welch_t_test', 'ratio_moments', 'ratio_test', 'srm_p_value') ORDER BY 1")
     assert [r[0] for r in cur.fetchall()] == ["ab_bucket", "array_cosine_similarity", "largest_remainder",
+                                              "ratio_moments", "ratio_test", "srm_p_value",
                                               "two_proportion_z_test", "weighted_avg_vector", "welch_t_test"]

@@ -13,7 +13,10 @@
 //! | `ab_bucket(user_id, salt, buckets)` | [`scalar::ab_bucket`] |
 //! | `two_proportion_z_test(x_t, n_t, x_c, n_c [, confidence])` → struct | [`scalar::two_proportion_z_test`] |
 //! | `welch_t_test(m_t, v_t, n_t, m_c, v_c, n_c [, confidence])` → struct | [`scalar::welch_t_test`] |
+//! | `ratio_test(moments_t, moments_c [, cuped [, confidence]])` → struct | [`scalar::ratio_test`] |
+//! | `srm_p_value(units_t, units_c, share_t)` | [`scalar::srm_p_value`] |
 //! | `weighted_avg_vector(vector, weight)` | [`aggregate::weighted_avg_vector`] |
+//! | `ratio_moments(num, den [, pre_num, pre_den])` → struct | [`aggregate::ratio_moments`] |
 //! | `largest_remainder(amount, weight) OVER (...)` | [`window::largest_remainder`] |
 //! | `top_k_nearest(users_sql, items_sql, k [, metric])` | [`table::top_k_nearest`] |
 //!

@@ -85,12 +85,27 @@ pub fn welch_t(
     if v_t < 0.0 || v_c < 0.0 {
         return exec_err!("welch_t_test: variances must be non-negative");
     }
-    let (a, b) = (v_t / n_t, v_c / n_c);
+    t_from_variances(m_t - m_c, v_t / n_t, n_t, v_c / n_c, n_c, m_c, confidence)
+}
+
+/// Welch-style test of a difference of two independent estimates: `diff` with the variance of
+/// each group's estimate (`var_t`, `var_c`, from `n_t` and `n_c` units), the Welch–Satterthwaite
+/// degrees of freedom, and Student's t for the p-value and interval. `baseline` is the control's
+/// value, for the lift. `None` when the variance is 0.
+pub fn t_from_variances(
+    diff: f64,
+    var_t: f64,
+    n_t: f64,
+    var_c: f64,
+    n_c: f64,
+    baseline: f64,
+    confidence: f64,
+) -> Result<Option<TestResult>> {
+    let (a, b) = (var_t, var_c);
     let se = (a + b).sqrt();
-    if se == 0.0 {
+    if se == 0.0 || !se.is_finite() {
         return Ok(None);
     }
-    let diff = m_t - m_c;
     let t = diff / se;
     let df = (a + b).powi(2) / (a * a / (n_t - 1.0) + b * b / (n_c - 1.0));
     let dist =
@@ -102,7 +117,7 @@ pub fn welch_t(
         df,
         p_value,
         diff,
-        lift: if m_c == 0.0 { f64::NAN } else { diff / m_c },
+        lift: if baseline == 0.0 { f64::NAN } else { diff / baseline },
         ci_low: diff - crit * se,
         ci_high: diff + crit * se,
     }))

@@ -3,6 +3,8 @@
 pub mod ab_bucket;
 pub mod array_cosine_similarity;
 pub mod hypothesis;
+pub mod ratio_test;
+pub mod srm_p_value;
 pub mod two_proportion_z_test;
 pub mod welch_t_test;
 
@@ -20,5 +22,7 @@ pub fn functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(ab_bucket::AbBucket::default()),
         ScalarUDF::from(two_proportion_z_test::TwoProportionZTest::default()),
         ScalarUDF::from(welch_t_test::WelchTTest::default()),
+        ScalarUDF::from(ratio_test::RatioTest::default()),
+        ScalarUDF::from(srm_p_value::SrmPValue::default()),
     ]
 }

@@ -14,13 +14,15 @@ use super::hypothesis::*;
     doc_section(label = "StreamPulse Functions"),
     description = "Two-proportion z-test of treatment vs control (pooled standard error for the p-value, \
 Wald interval for the difference). Returns a struct {z, df (infinite, so NULL), p_value (two-sided), \
-diff = p_t - p_c, lift = diff / p_c, ci_low, ci_high}. NULL fields when undefined (no trials or no variance).",
+diff = p_t - p_c, lift = diff / p_c, ci_low, ci_high}. NULL fields when undefined (no trials or no variance). \
+Only for independent trials, such as users who did or did not convert: for a rate over plays of randomised \
+users (skips / plays) use ratio_test, since plays of one user are not independent.",
     syntax_example = "two_proportion_z_test(successes_t, trials_t, successes_c, trials_c [, confidence])",
     sql_example = r#"```sql
 > SELECT two_proportion_z_test(120, 1000, 100, 1000)['p_value'];
 ```"#,
-    argument(name = "successes_t", description = "Successes in treatment (e.g. skips)."),
-    argument(name = "trials_t", description = "Trials in treatment (e.g. plays)."),
+    argument(name = "successes_t", description = "Successes in treatment (e.g. users who converted)."),
+    argument(name = "trials_t", description = "Trials in treatment (e.g. users)."),
     argument(name = "successes_c", description = "Successes in control."),
     argument(name = "trials_c", description = "Trials in control."),
     argument(name = "confidence", description = "Confidence level of the interval, default 0.95.")
