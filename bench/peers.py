@@ -174,28 +174,36 @@ def duckdb_d(data: Path, month: str, **_):
 # ---------------------------------------------------------------- E: A/B analytics
 
 DUCKDB_E_PER_USER = """
-    SELECT e.experiment_id, p.user_id,
-           CASE WHEN CAST(('0x' || left(sha256(e.salt || ':' || CAST(p.user_id AS VARCHAR)), 16)) AS UBIGINT) % 100 >= 50
-                THEN 'treatment' ELSE 'control' END AS variant,
-           count(*) AS plays, sum(CASE WHEN p.skipped THEN 1 ELSE 0 END) AS skips, sum(p.ms_played) AS ms
-    FROM {plays} p, {experiments} e
-    WHERE CAST(timezone('UTC', CAST(p.played_at AS TIMESTAMPTZ)) AS DATE) BETWEEN e.start_date AND e.end_date
-    GROUP BY ALL
+    WITH per_user AS (
+        SELECT e.experiment_id, e.traffic_share, e.treatment_share, p.user_id,
+               CAST(('0x' || left(sha256(e.salt || ':' || CAST(p.user_id AS VARCHAR)), 16)) AS UBIGINT) % 100 AS bucket,
+               count(*) FILTER (WHERE d >= e.start_date) AS plays,
+               count(*) FILTER (WHERE d >= e.start_date AND p.skipped) AS skips,
+               coalesce(sum(p.ms_played) FILTER (WHERE d >= e.start_date), 0) AS ms,
+               count(*) FILTER (WHERE d < e.start_date) AS pre_plays,
+               count(*) FILTER (WHERE d < e.start_date AND p.skipped) AS pre_skips,
+               coalesce(sum(p.ms_played) FILTER (WHERE d < e.start_date), 0) AS pre_ms
+        FROM (SELECT *, CAST(timezone('UTC', CAST(played_at AS TIMESTAMPTZ)) AS DATE) AS d FROM {plays}) p, {experiments} e
+        WHERE p.d BETWEEN e.start_date - INTERVAL 14 DAY AND e.end_date
+        GROUP BY ALL
+        HAVING count(*) FILTER (WHERE d >= e.start_date) > 0
+    )
+    SELECT experiment_id, user_id, plays, skips, ms, pre_plays, pre_skips, pre_ms,
+           CASE WHEN bucket >= round(100 * traffic_share * (1 - treatment_share)) THEN 'treatment' ELSE 'control' END AS variant
+    FROM per_user WHERE bucket < round(100 * traffic_share)
 """
 
 
 def duckdb_e(data: Path, **_):
     import duckdb
-    from scipy import stats
     per_user = duckdb.sql(DUCKDB_E_PER_USER.format(plays=source(data, "plays"), experiments=source(data, "experiments"))).df()
-    return _e_tests(per_user, stats)
+    return _e_tests(per_user)
 
 
 def pandas_e(data: Path, **_):
     import hashlib
 
     import pandas as pd
-    from scipy import stats
     files, fmt = plays_files(data)
     cols = ["user_id", "played_at", "ms_played", "skipped"]
     read = (lambda f: pd.read_parquet(f, columns=cols)) if fmt == "parquet" else (lambda f: pd.read_csv(f, usecols=cols))
@@ -205,24 +213,56 @@ def pandas_e(data: Path, **_):
     experiments = reader(data / f"experiments.{fmt}")
     frames = []
     for _, e in experiments.iterrows():
-        window = plays[(plays["day"] >= str(e["start_date"])[:10]) & (plays["day"] <= str(e["end_date"])[:10])]
-        per_user = window.groupby("user_id").agg(plays=("day", "size"), skips=("skipped", "sum"), ms=("ms_played", "sum")).reset_index()
+        start, end = pd.Timestamp(e["start_date"]), str(e["end_date"])[:10]
+        pre_start = (start - pd.Timedelta(days=14)).strftime("%Y-%m-%d")
+        window = plays[(plays["day"] >= pre_start) & (plays["day"] <= end)]
+        inside = window["day"] >= start.strftime("%Y-%m-%d")
+        sums = []
+        for prefix, part in (("", window[inside]), ("pre_", window[~inside])):
+            g = part.groupby("user_id")
+            sums.append(pd.DataFrame({f"{prefix}plays": g.size(), f"{prefix}skips": g["skipped"].sum(),
+                                      f"{prefix}ms": g["ms_played"].sum()}))
+        per_user = sums[0].join(sums[1], how="left").fillna(0).reset_index()
         salt = e["salt"]
-        per_user["variant"] = ["treatment" if int.from_bytes(hashlib.sha256(f"{salt}:{u}".encode()).digest()[:8], "big") % 100 >= 50
-                               else "control" for u in per_user["user_id"]]
+        buckets = [int.from_bytes(hashlib.sha256(f"{salt}:{u}".encode()).digest()[:8], "big") % 100
+                   for u in per_user["user_id"]]
+        per_user["bucket"] = buckets
+        per_user = per_user[per_user.bucket < round(100 * e["traffic_share"])]
+        cut = round(100 * e["traffic_share"] * (1 - e["treatment_share"]))
+        per_user["variant"] = ["treatment" if b >= cut else "control" for b in per_user["bucket"]]
         per_user["experiment_id"] = e["experiment_id"]
         frames.append(per_user)
-    return _e_tests(pd.concat(frames), stats)
+    return _e_tests(pd.concat(frames))
 
 
-def _e_tests(per_user, stats):
+def _e_tests(per_user):
+    """Pipeline E's statistics from the per-user sums: delta method + CUPED for the four ratio and
+    mean metrics (per-user linearisation, least squares for theta, Welch t), the pooled z-test of
+    the engaged-user rate, and the SRM chi-square."""
+    import numpy as np
+    from scipy import stats
     out = 0
+    per_user = per_user.assign(one=1.0, pre_one=1.0)
     for _, g in per_user.groupby("experiment_id"):
-        t, c = g[g.variant == "treatment"], g[g.variant == "control"]
-        for metric in ("plays", "ms"):
-            stats.ttest_ind(t[metric], c[metric], equal_var=False)
+        treat = (g.variant == "treatment").to_numpy()
+        stats.chisquare([treat.sum(), (~treat).sum()])
+        for num, den in (("skips", "plays"), ("ms", "plays"), ("plays", "one"), ("ms", "one")):
+            z, w = np.empty(len(g)), np.empty(len(g))
+            for m in (treat, ~treat):
+                for arr, x, y in ((z, g[num], g[den]), (w, g["pre_" + num], g["pre_" + den])):
+                    x, y = x.to_numpy(float)[m], y.to_numpy(float)[m]
+                    r = x.sum() / y.sum() if y.sum() else 0.0
+                    arr[m] = r + (x - r * y) / (y.mean() if y.sum() else 1.0)
+            design = np.column_stack([np.ones(len(g)), treat, w])
+            theta = np.linalg.lstsq(design, z, rcond=None)[0][2]
+            adjusted = z - theta * w
+            stats.ttest_ind(adjusted[treat], adjusted[~treat], equal_var=False)
             out += 2
-        out += 2  # skip rate: a closed form over the sums
+        engaged = (g.ms >= 30 * 60 * 1000).to_numpy()
+        x, n = np.array([engaged[treat].sum(), engaged[~treat].sum()]), np.array([treat.sum(), (~treat).sum()])
+        pooled = x.sum() / n.sum()
+        stats.norm.sf(abs(x[0] / n[0] - x[1] / n[1]) / np.sqrt(pooled * (1 - pooled) * (1 / n[0] + 1 / n[1])))
+        out += 2
     return out
 
 

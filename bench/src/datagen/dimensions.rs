@@ -175,7 +175,7 @@ pub(super) fn write_dimensions(config: &Config, scale: &Scale, catalog: &Catalog
         ),
     )?;
     // experiments
-    let end = month + DAYS as i32 - 1;
+    let (start, end) = (month + EXPERIMENT_START_DAY as i32, month + DAYS as i32 - 1);
     write_table(
         config,
         "experiments",
@@ -186,6 +186,7 @@ pub(super) fn write_dimensions(config: &Config, scale: &Scale, catalog: &Catalog
                 ("salt", DataType::Utf8),
                 ("variants", DataType::Utf8),
                 ("traffic_share", DataType::Float64),
+                ("treatment_share", DataType::Float64),
                 ("start_date", DataType::Date32),
                 ("end_date", DataType::Date32),
                 ("assignment", DataType::Utf8),
@@ -196,9 +197,15 @@ pub(super) fn write_dimensions(config: &Config, scale: &Scale, catalog: &Catalog
                 utf8(EXPERIMENTS.iter().map(|e| e.2.to_string()).collect()),
                 utf8(vec!["control,treatment".into(); EXPERIMENTS.len()]),
                 Arc::new(Float64Array::from(vec![1.0; EXPERIMENTS.len()])),
-                Arc::new(Date32Array::from(vec![month; EXPERIMENTS.len()])),
+                Arc::new(Float64Array::from(vec![TREATMENT_SHARE; EXPERIMENTS.len()])),
+                Arc::new(Date32Array::from(vec![start; EXPERIMENTS.len()])),
                 Arc::new(Date32Array::from(vec![end; EXPERIMENTS.len()])),
-                utf8(vec!["treatment if ab_bucket(user_id, salt, 100) >= 50".into(); EXPERIMENTS.len()]),
+                utf8(vec![
+                    "enrolled if ab_bucket(user_id, salt, 100) < 100 * traffic_share; treatment if also \
+                     >= 100 * traffic_share * (1 - treatment_share)"
+                        .into();
+                    EXPERIMENTS.len()
+                ]),
             ],
         ),
     )?;

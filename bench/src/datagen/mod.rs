@@ -12,9 +12,11 @@
 //! built once from the Zipf weights, O(1) per draw, one random number and one memory access); user activity is heavy-tailed
 //! (Pareto); plays follow a weekly and hourly rhythm. Each user belongs to one of 20 taste
 //! clusters that prefer two genres: 70 % of a user's plays come from their cluster's genres, and
-//! songs outside their taste are skipped more often. The clusters are written to `truth/` so a
-//! recommender can be scored against them. Experiment `shuffle-v2` has a planted effect
-//! (treatment skips 20 % less); `home-layout` has none (an A/A test).
+//! songs outside their taste are skipped more often; each user also has their own log-normal
+//! skip propensity. The clusters are written to `truth/` so a recommender can be scored against
+//! them. Both experiments start on day 15 (the 14 days before are a pre-period for CUPED) and
+//! split users 50/50: `shuffle-v2` has a planted effect (treatment skips 20 % less from the start
+//! date on); `home-layout` has none (an A/A test).
 //!
 //! **Output** (`--out DIR`): `plays/part-NNNNN.{csv,parquet}`, `users`, `songs`, `artists`,
 //! `subscriptions`, `ad_revenue`, `experiments`, `truth/user_clusters`, `truth/clusters`,
@@ -47,7 +49,7 @@ use flate2::write::GzEncoder;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Pareto, Zipf};
+use rand_distr::{Distribution, Pareto, StandardNormal, Zipf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use streampulse_udfs::scalar::ab_bucket::bucket_of;
@@ -204,9 +206,14 @@ const HOUR_WEIGHTS: [f64; 24] = [
     1.0,
 ];
 
-/// The experiments: id, name, salt, planted effect on treatment's skip probability.
+/// The experiments: id, name, salt, planted effect on treatment's skip probability (from the
+/// start day on; the days before are the pre-period CUPED reads).
 pub const EXPERIMENTS: [(i64, &str, &str, f64); 2] =
     [(1, "shuffle-v2", "exp-shuffle-v2", 0.8), (2, "home-layout", "exp-home-layout", 1.0)];
+/// Both experiments run from this day (0-based, so 2026-10-15) to the last day.
+pub const EXPERIMENT_START_DAY: u32 = 14;
+/// The configured share of each experiment's users in treatment.
+pub const TREATMENT_SHARE: f64 = 0.5;
 
 /// Treatment when `ab_bucket(user_id, salt, 100) >= 50`.
 pub fn in_treatment(user_id: u64, salt: &str) -> bool {

@@ -503,10 +503,13 @@ pub(super) fn write_plays_chunk(
         for (k, (user, song)) in users.iter().zip(&songs).enumerate() {
             let cluster = user.cluster as usize;
             let in_taste = cluster_genres(cluster).contains(&(song.genre as usize));
-            let mut skip_p = if in_taste { 0.15 } else { 0.35 };
-            for (e, experiment) in EXPERIMENTS.iter().enumerate() {
-                if user.treatment >> e & 1 == 1 {
-                    skip_p *= experiment.3;
+            let (day, hour) = day_hour.pick(rng.next_u64());
+            let mut skip_p = (if in_taste { 0.15 } else { 0.35 } * user.skip_factor()).min(0.95);
+            if day >= EXPERIMENT_START_DAY {
+                for (e, experiment) in EXPERIMENTS.iter().enumerate() {
+                    if user.in_treatment_of(e) {
+                        skip_p *= experiment.3;
+                    }
                 }
             }
             let skipped = rng.random_bool(skip_p);
@@ -516,7 +519,6 @@ pub(super) fn write_plays_chunk(
             } else {
                 (duration as f64 * rng.random_range(0.5..=1.0)) as i32
             };
-            let (day, hour) = day_hour.pick(rng.next_u64());
             // Uniform within the hour by multiply-shift of 32 random bits.
             let within_hour = ((rng.next_u64() >> 32) * 3_600_000_000) >> 32;
             let micros = day0 + (day as i64 * 86_400 + hour * 3_600) * 1_000_000 + within_hour as i64;
