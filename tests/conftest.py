@@ -52,9 +52,11 @@ class Server:
         self.log_path = log_path
         self.proc = None
         self.uri = None
+        self.http = None
 
     def start(self, timeout=120):
-        cmd = [binary(), "serve", "--warehouse", self.warehouse, "--listen", "127.0.0.1:0", *self.extra_args]
+        cmd = [binary(), "serve", "--warehouse", self.warehouse, "--listen", "127.0.0.1:0",
+               "--http-listen", "127.0.0.1:0", *self.extra_args]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=self.env)
         deadline = time.time() + timeout
@@ -66,6 +68,8 @@ class Server:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
                 continue
+            if "HTTP (metrics, health) on http://" in line:
+                self.http = line.strip().split(" on ")[1]
             if "listening on grpc://" in line:
                 self.uri = line.strip().split("listening on ")[1]
                 return self
@@ -93,11 +97,11 @@ class Server:
         return 0
 
 
-def run_cli(*args, env=None, check=True):
+def run_cli(*args, env=None, check=True, timeout=300):
     e = dict(os.environ)
     e.update(env or {})
     e.setdefault("STREAMPULSE_LOG", "warn")
-    r = subprocess.run([binary(), *args], capture_output=True, text=True, env=e, timeout=300)
+    r = subprocess.run([binary(), *args], capture_output=True, text=True, env=e, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"streampulse {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
     return r

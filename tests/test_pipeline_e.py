@@ -47,8 +47,8 @@ RATIO_METRICS = {
 METRICS = sorted([*RATIO_METRICS, "engaged_user_rate"])
 
 
-def _run_pipeline(wh):
-    run_cli("sql", "--warehouse", str(wh), "-f", str(PIPELINE))
+def _run_pipeline(wh, timeout=300):
+    run_cli("sql", "--warehouse", str(wh), "-f", str(PIPELINE), timeout=timeout)
 
 
 def _read_results(wh, base):
@@ -231,7 +231,7 @@ def aa_runs(generated, tmp_path_factory):
             "e.variants, e.traffic_share, e.treatment_share, e.start_date, e.end_date, e.assignment "
             f"FROM generate_series(1, {AA_SALTS}) AS g(value) "
             "CROSS JOIN (SELECT * FROM music.experiments WHERE experiment_id = 2) e")
-    _run_pipeline(aa_wh)
+    _run_pipeline(aa_wh, timeout=max(300, 3 * AA_SALTS))  # every salt joins every play: O(plays x salts)
     return data, _read_results(aa_wh, base)
 
 

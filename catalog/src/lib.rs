@@ -13,10 +13,11 @@
 //! | [`dml`] | INSERT OVERWRITE, UPDATE / DELETE, bulk load |
 //! | [`delta`] | Delta tables: opening, types, staging files, creating and removing folders |
 //! | [`storage`] | where the warehouse lives (local or S3) and how to reach it |
+//! | [`system`] | the reserved `system` schema: `system.queries` (recent statements) |
 //! | [`error`] | the one error type, by kind |
 //!
 //! Dependencies run one way: `error` ← `storage` ← `delta` ← `catalog` ← `session` ←
-//! `ddl`, `dml` ← `sql`.
+//! `ddl`, `dml` ← `sql`; `system` reads `session`'s statistics and the engine owns its log.
 
 pub mod catalog;
 pub mod ddl;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod session;
 pub mod sql;
 pub mod storage;
+pub mod system;
 
 pub use catalog::{CATALOG_NAME, CatalogState, CatalogStore, DEFAULT_SCHEMA, Role, TableEntry, UserEntry};
 pub use dml::LoadMode;
@@ -33,3 +35,4 @@ pub use error::{Error, ErrorKind, Result};
 pub use session::{Engine, EngineConfig, QueryStats, Session};
 pub use sql::{Planned, ScriptError, StatementKind, StatementOutput, StatementReport};
 pub use storage::{S3Config, Warehouse};
+pub use system::{QueryHandle, QueryLog, QueryState};

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use streampulse_engine::{Error, Result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::info;
@@ -15,13 +16,15 @@ pub struct Admission {
     permits: Arc<Semaphore>,
     max: usize,
     timeout: Duration,
+    rejected: Counter,
 }
 
 impl Admission {
     /// Let `max` statements run at once, queueing the rest for up to `timeout`.
-    pub fn new(max: usize, timeout: Duration) -> Self {
+    /// Refusals are counted in `rejected`.
+    pub fn new(max: usize, timeout: Duration, rejected: Counter) -> Self {
         let max = max.max(1);
-        Self { permits: Arc::new(Semaphore::new(max)), max, timeout }
+        Self { permits: Arc::new(Semaphore::new(max)), max, timeout, rejected }
     }
 
     /// Wait for a turn; the permit is the right to run until it is dropped.
@@ -30,6 +33,7 @@ impl Admission {
         let permit = tokio::time::timeout(self.timeout, Arc::clone(&self.permits).acquire_owned())
             .await
             .map_err(|_| {
+                self.rejected.inc();
                 Error::ResourcesExhausted(format!(
                     "server busy: {} statements running and this one waited {} in the queue; retry later, \
                      or raise --max-concurrent-queries / --queue-timeout",

@@ -17,4 +17,5 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod flight;
+pub mod http;
 pub mod serve;

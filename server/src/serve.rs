@@ -1,25 +1,40 @@
-//! `serve`: composes what the server runs on one engine. Today that is the first admin of a
+//! `serve`: composes what the server runs on one engine: the operators' HTTP listener
+//! ([`crate::http`], up first so `/readyz` can say "not yet"), the engine, the first admin of a
 //! fresh warehouse, the optional demo data ([`crate::demo`]) and the Flight SQL service
-//! ([`crate::flight`]) on its listener; background services (scheduler, ingest pipes) and the
-//! HTTP listener for metrics join here, each started and stopped in this one place.
+//! ([`crate::flight`]) on its listener; background services (scheduler, ingest pipes) join
+//! here, each started and stopped in this one place.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use streampulse_engine::Engine;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::admission::Admission;
 use crate::auth::{self, Authenticator};
-use crate::cli::CliError;
-use crate::config::ServerArgs;
+use crate::cli::{CliError, open_engine};
+use crate::config::{ServerArgs, WarehouseArgs};
 use crate::flight::wrapper::Service;
 use crate::flight::{MAX_MESSAGE_BYTES, StreamPulseFlightSql};
+use crate::http::{HttpState, Metrics};
 
 /// Run the server until SIGINT or SIGTERM.
-pub async fn run(engine: Engine, args: ServerArgs) -> Result<(), CliError> {
+pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliError> {
+    let metrics = Metrics::new();
+    let http = Arc::new(HttpState { metrics: metrics.clone(), engine: OnceLock::new() });
+    let stop_http = CancellationToken::new();
+    let _stop_http_on_return = stop_http.clone().drop_guard();
+    let http_bound = crate::http::start(&args.http_listen, http.clone(), stop_http.clone()).await?;
+    println!("StreamPulse HTTP (metrics, health) on http://{http_bound}");
+
+    let engine: Engine = open_engine(warehouse).await?;
+    {
+        let metrics = metrics.clone();
+        engine.query_log().set_listener(move |r| metrics.record(r));
+    }
     if let Some(generated) = auth::bootstrap_admin(engine.catalog(), &args.admin_user, args.admin_password).await? {
         println!(
             "Created user '{}' with generated password: {generated}\n\
@@ -42,7 +57,11 @@ pub async fn run(engine: Engine, args: ServerArgs) -> Result<(), CliError> {
     let bound = listener.local_addr().map_err(CliError::failed)?;
 
     let auth = Arc::new(Authenticator::new(args.token_ttl.into()));
-    let admission = Admission::new(args.max_concurrent_queries.get(), args.queue_timeout.into());
+    let admission = Admission::new(
+        args.max_concurrent_queries.get(),
+        args.queue_timeout.into(),
+        metrics.admission_rejected.clone(),
+    );
     let flight_sql = Arc::new(StreamPulseFlightSql::new(engine.clone(), auth, admission)?);
     let service = FlightServiceServer::new(Service::new(flight_sql))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -53,6 +72,7 @@ pub async fn run(engine: Engine, args: ServerArgs) -> Result<(), CliError> {
         memory_limit = engine.memory_limit(),
         "Flight SQL server listening"
     );
+    let _ = http.engine.set(engine.clone());
     println!("StreamPulse Flight SQL listening on grpc://{bound}");
     tonic::transport::Server::builder()
         .add_service(service)

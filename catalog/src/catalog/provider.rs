@@ -123,25 +123,30 @@ pub(crate) async fn external_table_provider(
     Ok(factory.create(state, cmd).await?)
 }
 
-/// The warehouse as a DataFusion catalog.
+/// The warehouse as a DataFusion catalog: the stored schemas, and the reserved `system` schema.
 #[derive(Debug)]
 pub struct WarehouseCatalog {
     shared: Arc<Shared>,
+    system: Arc<dyn SchemaProvider>,
 }
 
 impl WarehouseCatalog {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Arc<Shared>, system: Arc<dyn SchemaProvider>) -> Self {
+        Self { shared, system }
     }
 }
 
 impl CatalogProvider for WarehouseCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.shared.store.snapshot().schemas.keys().cloned().collect()
+        let mut names: Vec<String> = self.shared.store.snapshot().schemas.keys().cloned().collect();
+        names.push(crate::system::SYSTEM_SCHEMA.to_string());
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        if self.shared.store.snapshot().schemas.contains_key(name) {
+        if name == crate::system::SYSTEM_SCHEMA {
+            Some(self.system.clone())
+        } else if self.shared.store.snapshot().schemas.contains_key(name) {
             Some(Arc::new(WarehouseSchema { name: name.to_string(), shared: self.shared.clone() }))
         } else {
             None

@@ -10,6 +10,9 @@ use crate::session::Engine;
 impl Engine {
     pub(crate) async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<()> {
         let name = bare_schema_name(name)?;
+        if name == crate::system::SYSTEM_SCHEMA {
+            return Err(Error::invalid("schema 'system' is reserved for the warehouse's own tables (system.queries)"));
+        }
         self.store
             .commit(|s| {
                 if s.schemas.contains_key(&name) {

@@ -26,6 +26,7 @@ use crate::catalog::provider::{Shared, WarehouseCatalog};
 use crate::catalog::{CATALOG_NAME, CatalogState, CatalogStore, DEFAULT_SCHEMA};
 use crate::error::{Error, Result};
 use crate::storage::{S3Config, Warehouse};
+use crate::system::{QueryLog, SystemSchema};
 
 /// Everything needed to build an engine.
 #[derive(Debug, Clone)]
@@ -47,6 +48,8 @@ pub struct EngineConfig {
     pub spill_compression: Option<String>,
     /// Partitions per query; the number of cores when `None`.
     pub target_partitions: Option<usize>,
+    /// Statements `system.queries` keeps.
+    pub query_log_size: usize,
 }
 
 impl EngineConfig {
@@ -60,6 +63,7 @@ impl EngineConfig {
             spill_dir: None,
             spill_max_size: None,
             spill_compression: None,
+            query_log_size: 1000,
             target_partitions: None,
         }
     }
@@ -74,6 +78,7 @@ pub struct Engine {
     /// The server-wide pool every query's [`QueryPool`] draws from.
     global_pool: Arc<dyn MemoryPool>,
     query_memory_limit: usize,
+    query_log: Arc<QueryLog>,
 }
 
 /// Batch size and sort merge reservation for a per-query cap. A plan registers dozens of
@@ -142,7 +147,9 @@ impl Engine {
 
         let shared = Shared::new(store.clone());
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
-        catalogs.register_catalog(CATALOG_NAME.to_string(), Arc::new(WarehouseCatalog::new(shared.clone())));
+        let query_log = QueryLog::new(config.query_log_size);
+        let system = Arc::new(SystemSchema::new(query_log.clone()));
+        catalogs.register_catalog(CATALOG_NAME.to_string(), Arc::new(WarehouseCatalog::new(shared.clone(), system)));
 
         // The default physical rules, with the memory-aware join choice right after DataFusion's
         // own join selection (see joins::MemoryAwareJoinSelection).
@@ -176,7 +183,7 @@ impl Engine {
             spill_max_size = config.spill_max_size,
             "engine ready"
         );
-        Ok(Self { store, base, memory_limit: config.memory_limit, global_pool: pool, query_memory_limit })
+        Ok(Self { store, base, memory_limit: config.memory_limit, global_pool: pool, query_memory_limit, query_log })
     }
 
     /// A fresh session over the shared catalog and functions, with its own [`QueryPool`]: what
@@ -229,6 +236,16 @@ impl Engine {
     /// The global memory pool size in bytes.
     pub fn memory_limit(&self) -> usize {
         self.memory_limit
+    }
+
+    /// Bytes the operators of all running statements hold in the global pool now.
+    pub fn memory_in_use(&self) -> usize {
+        self.global_pool.reserved()
+    }
+
+    /// The recent statements, `system.queries`.
+    pub fn query_log(&self) -> &Arc<QueryLog> {
+        &self.query_log
     }
 
     /// Catch up with catalog changes made by other processes.

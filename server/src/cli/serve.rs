@@ -1,6 +1,6 @@
 //! `streampulse serve`: the server on a warehouse (see [`crate::serve`]).
 
-use super::{CliError, open_engine};
+use super::CliError;
 use crate::config::{ServerArgs, WarehouseArgs};
 
 #[derive(Debug, clap::Args)]
@@ -12,6 +12,5 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let engine = open_engine(&args.warehouse).await?;
-    crate::serve::run(engine, args.server).await
+    crate::serve::run(&args.warehouse, args.server).await
 }

@@ -63,6 +63,9 @@ pub struct WarehouseArgs {
     /// warehouse on S3 without keys fails at once naming these settings [default: false]
     #[arg(long, global = true, env = "STREAMPULSE_S3_INSTANCE_CREDENTIALS")]
     pub s3_instance_credentials: Option<bool>,
+    /// Recent statements kept in system.queries (a ring buffer in memory)
+    #[arg(long, global = true, env = "STREAMPULSE_QUERY_LOG_SIZE", default_value = "1000")]
+    pub query_log_size: NonZeroUsize,
 }
 
 /// Settings of the server (`serve`).
@@ -71,6 +74,9 @@ pub struct ServerArgs {
     /// Flight SQL address; port 0 picks a free port (printed at start)
     #[arg(long, env = "STREAMPULSE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
+    /// HTTP address for operators: /metrics (Prometheus), /healthz, /readyz; port 0 picks a free port
+    #[arg(long, env = "STREAMPULSE_HTTP_LISTEN", default_value = "127.0.0.1:9090")]
+    pub http_listen: String,
     /// Lifetime of bearer tokens issued at handshake
     #[arg(long, env = "STREAMPULSE_TOKEN_TTL", default_value = "12h")]
     pub token_ttl: humantime::Duration,
@@ -129,6 +135,7 @@ impl WarehouseArgs {
             spill_max_size: self.spill_max_size.map(|s| s.0),
             spill_compression: Some(self.spill_compression.as_str().to_string()),
             target_partitions: self.target_partitions.map(NonZeroUsize::get),
+            query_log_size: self.query_log_size.get(),
         })
     }
 }

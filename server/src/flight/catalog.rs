@@ -10,6 +10,7 @@ use arrow_flight::sql::{
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use datafusion::common::TableReference;
 use prost::Message;
+use streampulse_engine::system::{SYSTEM_SCHEMA, SYSTEM_TABLES};
 use streampulse_engine::{CATALOG_NAME, Result};
 use tracing::warn;
 
@@ -42,7 +43,7 @@ impl StreamPulseFlightSql {
     pub(crate) async fn list_schemas(&self, query: CommandGetDbSchemas) -> Result<RecordBatch> {
         let state = self.engine.refresh().await?;
         let mut builder = query.into_builder();
-        for schema in state.schemas.keys().map(String::as_str).chain(["information_schema"]) {
+        for schema in state.schemas.keys().map(String::as_str).chain([SYSTEM_SCHEMA, "information_schema"]) {
             builder.append(CATALOG_NAME, schema);
         }
         builder.build().map_err(from_flight)
@@ -70,6 +71,9 @@ impl StreamPulseFlightSql {
                 for (table, t) in &entry.tables {
                     rows.push((schema.clone(), table.clone(), t.table_type().to_string()));
                 }
+            }
+            for t in SYSTEM_TABLES {
+                rows.push((SYSTEM_SCHEMA.into(), t.into(), "TABLE".into()));
             }
             for t in INFORMATION_SCHEMA_VIEWS {
                 rows.push(("information_schema".into(), t.into(), "VIEW".into()));

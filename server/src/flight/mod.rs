@@ -410,11 +410,10 @@ impl FlightSqlService for StreamPulseFlightSql {
         let principal = self.principal(&request).await.map_err(status)?;
         async {
             let session = self.engine.session();
-            let planned = self.engine.plan_sql(&session, &cmd.query).await?;
+            let planned = self.plan_authorized(&principal, &session, &cmd.query).await?;
             if planned.kind() == StatementKind::Query {
                 return Err(Error::invalid("this statement returns rows: execute it as a query"));
             }
-            statements::authorize(&principal, &planned)?;
             let count = self.execute_command(&principal, &session, &cmd.query, planned, None).await?;
             Ok(count.map_or(0, |c| c as i64))
         }

@@ -86,9 +86,8 @@ impl StreamPulseFlightSql {
             return Err(Error::not_supported("transactions are not supported"));
         }
         let session = self.engine.session();
-        let planned = self.engine.plan_sql(&session, &query.query).await?;
+        let planned = self.plan_authorized(&principal, &session, &query.query).await?;
         let kind = planned.kind();
-        authorize(&principal, &planned)?;
         let (dataset_schema, parameter_schema) = match &planned {
             Planned::Query(plan) => {
                 let params = parameter_schema(plan)?;

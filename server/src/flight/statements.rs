@@ -25,8 +25,10 @@ use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder, WriteOp};
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
+use std::time::Instant;
 use streampulse_engine::sql::count_schema;
-use streampulse_engine::{Error, Planned, Result, Session, StatementKind};
+
+use streampulse_engine::{Error, Planned, QueryHandle, Result, Session, StatementKind};
 use tracing::{debug, info};
 
 use super::metadata::{client_schema, conform};
@@ -59,8 +61,7 @@ impl StreamPulseFlightSql {
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo> {
         let session = self.engine.session();
-        let planned = self.engine.plan_sql(&session, sql).await?;
-        authorize(principal, &planned)?;
+        let planned = self.plan_authorized(principal, &session, sql).await?;
         match planned {
             Planned::Query(plan) => {
                 let plan = bind_single(plan, params)?;
@@ -86,6 +87,20 @@ impl StreamPulseFlightSql {
         }
     }
 
+    /// Plan `sql` and check that `principal` may run it. A statement refused here still shows in
+    /// system.queries, with why.
+    pub(crate) async fn plan_authorized(&self, principal: &Principal, session: &Session, sql: &str) -> Result<Planned> {
+        let planned = self.engine.plan_sql(session, sql).await.and_then(|p| authorize(principal, &p).map(|_| p));
+        if let Err(e) = &planned {
+            self.engine.query_log().start(&principal.user, PROTOCOL, sql).finish(
+                None,
+                Default::default(),
+                Some(error_of(e)),
+            );
+        }
+        planned
+    }
+
     /// Run DDL/DML/SET under admission with optional parameter rows, and log what it did.
     /// DML over many rows runs as one statement (one commit), so `executemany` is all-or-nothing.
     pub(crate) async fn execute_command(
@@ -96,7 +111,37 @@ impl StreamPulseFlightSql {
         planned: Planned,
         params: Option<Vec<Vec<ScalarValue>>>,
     ) -> Result<Option<u64>> {
+        let log = self.engine.query_log().start(&principal.user, PROTOCOL, sql);
+        log.planned(kind_name(planned.kind()));
+        let result = self.run_command(&log, session, planned, params).await;
+        let stats = session.stats();
+        match &result {
+            Ok(count) => log.finish(*count, stats, None),
+            Err(e) => log.finish(None, stats, Some(error_of(e))),
+        }
+        let count = result?;
+        info!(
+            user = %principal.user,
+            sql,
+            rows = count.unwrap_or(0),
+            peak_memory = stats.peak_memory,
+            spill_count = stats.spill_count,
+            spilled_bytes = stats.spilled_bytes,
+            "statement executed"
+        );
+        Ok(count)
+    }
+
+    async fn run_command(
+        &self,
+        log: &QueryHandle,
+        session: &Session,
+        planned: Planned,
+        params: Option<Vec<Vec<ScalarValue>>>,
+    ) -> Result<Option<u64>> {
+        let waiting = Instant::now();
         let _permit = self.admission.admit().await?;
+        log.admitted(waiting.elapsed());
         let count = match (planned, params) {
             (Planned::Dml(plan), Some(rows)) if !rows.is_empty() => {
                 if matches!(&plan, LogicalPlan::Dml(d) if matches!(d.op, WriteOp::Insert(_))) {
@@ -113,16 +158,6 @@ impl StreamPulseFlightSql {
             }
             (planned, _) => self.engine.run_command(session, planned).await?,
         };
-        let stats = session.stats();
-        info!(
-            user = %principal.user,
-            sql,
-            rows = count.unwrap_or(0),
-            peak_memory = stats.peak_memory,
-            spill_count = stats.spill_count,
-            spilled_bytes = stats.spilled_bytes,
-            "statement executed"
-        );
         Ok(count)
     }
 
@@ -133,9 +168,25 @@ impl StreamPulseFlightSql {
         match entry {
             Pending::Ready { batch, .. } => Ok(batch_stream(batch)),
             Pending::Query { session, plan, schema, user, sql } => {
-                let permit = self.admission.admit().await?;
-                let stream = session.execute(Arc::clone(&plan))?;
-                let (token, guard) = self.tickets.start(id, session, plan, permit)?;
+                let log = self.engine.query_log().start(&user, PROTOCOL, &sql);
+                log.planned("query");
+                let waiting = Instant::now();
+                let permit = match self.admission.admit().await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        log.finish(None, Default::default(), Some(error_of(&e)));
+                        return Err(e);
+                    }
+                };
+                log.admitted(waiting.elapsed());
+                let stream = match session.execute(Arc::clone(&plan)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log.finish(None, session.stats(), Some(error_of(&e)));
+                        return Err(e);
+                    }
+                };
+                let (token, guard) = self.tickets.start(id, session, plan, permit, log)?;
                 info!(user = %user, ticket = %id, sql = %sql, "query started");
                 let target = schema.clone();
                 let batches = stream.map(move |r| match r {
@@ -157,6 +208,24 @@ impl StreamPulseFlightSql {
             _ => count_schema_for(planned.kind()),
         })
     }
+}
+
+/// The protocol name system.queries shows for statements that came over Flight SQL.
+const PROTOCOL: &str = "flight_sql";
+
+/// A statement kind as system.queries and the metrics name it.
+pub(crate) fn kind_name(kind: StatementKind) -> &'static str {
+    match kind {
+        StatementKind::Query => "query",
+        StatementKind::Ddl => "ddl",
+        StatementKind::Dml => "dml",
+        _ => "session",
+    }
+}
+
+/// The gRPC code name (as in the protocol, `INVALID_ARGUMENT`) and message a client got for `e`.
+pub(crate) fn error_of(e: &Error) -> (&'static str, String) {
+    (super::status::code_name(super::status::code(e.kind())), e.user_message())
 }
 
 /// A one-batch DoGet answer.

@@ -17,12 +17,12 @@ use arrow_flight::CancelStatus;
 use arrow_flight::error::FlightError;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::Stream;
-use streampulse_engine::{Error, Result, Session};
+use streampulse_engine::{Error, QueryHandle, Result, Session};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::info;
 
-use super::status::flight_error;
+use super::status::{code_name, flight_error};
 
 /// How long an unfetched ticket or an unused prepared statement is kept.
 pub const HANDLE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -100,6 +100,7 @@ impl Tickets {
         session: Session,
         plan: Arc<dyn ExecutionPlan>,
         permit: OwnedSemaphorePermit,
+        log: QueryHandle,
     ) -> Result<(CancellationToken, RunningGuard)> {
         let token = CancellationToken::new();
         self.running.lock().map_err(|_| Error::internal("query table poisoned"))?.insert(id.to_string(), token.clone());
@@ -108,6 +109,8 @@ impl Tickets {
             running: self.running.clone(),
             rows: 0,
             completed: false,
+            error: None,
+            log: Some(log),
             session,
             _plan: plan,
             _permit: permit,
@@ -142,6 +145,9 @@ pub struct RunningGuard {
     running: Running,
     rows: u64,
     completed: bool,
+    /// The error that ended the stream, as the client saw it (code name, message).
+    error: Option<(&'static str, String)>,
+    log: Option<QueryHandle>,
     session: Session,
     /// Kept until the guard goes so the plan outlives its stream.
     _plan: Arc<dyn ExecutionPlan>,
@@ -154,6 +160,14 @@ impl Drop for RunningGuard {
             running.remove(&self.id);
         }
         let stats = self.session.stats();
+        if let Some(log) = self.log.take() {
+            let error = match (self.completed, self.error.take()) {
+                (true, _) => None,
+                (false, Some((code, message))) => Some((code, message)),
+                (false, None) => Some(("CANCELLED", "stopped before its end (client went away or cancelled)".into())),
+            };
+            log.finish(Some(self.rows), stats, error.as_ref().map(|(c, m)| (*c, m.clone())));
+        }
         let outcome = if self.completed { "query finished" } else { "query stopped before its end" };
         info!(
             ticket = %self.id,
@@ -194,12 +208,21 @@ where
         }
         if self.cancelled.as_mut().poll(cx).is_ready() {
             self.done = true;
+            self.guard.error = Some(("CANCELLED", "query was cancelled".into()));
             return Poll::Ready(Some(Err(flight_error(Error::Cancelled("query was cancelled".into())))));
         }
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(batch))) => {
                 self.guard.rows += batch.num_rows() as u64;
                 Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let FlightError::Tonic(status) = &e {
+                    self.guard.error = Some((code_name(status.code()), status.message().to_string()));
+                } else {
+                    self.guard.error = Some(("INTERNAL", e.to_string()));
+                }
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 self.done = true;
