@@ -82,7 +82,8 @@ impl QueryPool {
 /// tasks spill at once (all workers parked, the query never ends: apache/datafusion#24883, fixed
 /// upstream by #24891 after 55.2; seen here as pipeline B hanging under a cap). Its buffering is
 /// bounded anyway (its channels close their gate once each holds a batch), so it is counted
-/// against the cap, which makes the spilling operators around it spill sooner, but never spills.
+/// (the query's peak and the pool's total show it) but never refused, so it never spills. The
+/// fair pool's shares of the other spilling operators do not change.
 fn never_refused(consumer: &MemoryConsumer) -> bool {
     consumer.name().starts_with("RepartitionExec")
 }
@@ -151,5 +152,27 @@ impl MemoryPool for QueryPool {
 
     fn memory_limit(&self) -> MemoryLimit {
         MemoryLimit::Finite(self.limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::execution::memory_pool::UnboundedMemoryPool;
+
+    use super::*;
+
+    #[test]
+    fn repartition_is_counted_but_never_refused() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(QueryPool::new(Arc::new(UnboundedMemoryPool::default()), 1000));
+        let sort = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&pool);
+        let repartition = MemoryConsumer::new("RepartitionExec[0]").with_can_spill(true).register(&pool);
+        assert!(sort.try_grow(2000).is_err(), "over the cap: refused, so the sort spills");
+        repartition.try_grow(2000).expect("RepartitionExec is never refused");
+        assert_eq!(pool.reserved(), 2000, "but it is counted");
+        // The fair pool gives each spilling consumer an equal share whatever the others hold:
+        // the sort's share (half the cap) is unchanged.
+        sort.try_grow(500).expect("within the sort's share");
+        assert!(sort.try_grow(1).is_err());
+        assert_eq!(pool.reserved(), 2500);
     }
 }

@@ -146,6 +146,11 @@ impl QueryLog {
             .unwrap_or_default()
     }
 
+    /// How many entries are in `state` now (without copying them).
+    pub fn count(&self, state: QueryState) -> usize {
+        self.entries.lock().map(|e| e.iter().filter(|r| r.lock().is_ok_and(|r| r.state == state)).count()).unwrap_or(0)
+    }
+
     /// The schema of `system.queries`.
     pub fn schema() -> SchemaRef {
         let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
@@ -296,6 +301,7 @@ mod tests {
         let rows = log.snapshot();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].state, QueryState::Running, "the running entry is not evicted");
+        assert_eq!((log.count(QueryState::Running), log.count(QueryState::Succeeded)), (1, 1));
         assert_eq!(rows[1].text, "SELECT 2");
         drop(running);
         assert_eq!(log.snapshot()[0].state, QueryState::Cancelled);

@@ -113,10 +113,9 @@ impl Metrics {
     /// The exposition text, with the gauges read from `engine` now (`None` before it is open).
     pub fn render(&self, engine: Option<&Engine>) -> String {
         if let Some(engine) = engine {
-            let log = engine.query_log().snapshot();
-            let count = |s: QueryState| log.iter().filter(|r| r.state == s).count() as i64;
-            self.running.set(count(QueryState::Running));
-            self.queued.set(count(QueryState::Queued));
+            let log = engine.query_log();
+            self.running.set(log.count(QueryState::Running) as i64);
+            self.queued.set(log.count(QueryState::Queued) as i64);
             self.memory_in_use.set(engine.memory_in_use() as i64);
             self.memory_limit.set(engine.memory_limit() as i64);
         }

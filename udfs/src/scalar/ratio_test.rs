@@ -170,17 +170,10 @@ impl ScalarUDFImpl for RatioTest {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let (arrays, all_scalar) = to_arrays(&args.args, args.number_rows)?;
         let name = self.name();
+        // coerce_types turned an untyped NULL into the moments struct, so every argument is one
         let structs = |a: &ArrayRef| -> Result<StructArray> {
             match a.as_any().downcast_ref::<StructArray>() {
                 Some(s) => Ok(s.clone()),
-                // an untyped NULL argument
-                None if a.null_count() == a.len() => Ok(StructArray::new_null(
-                    match check_moments_type(name, "argument", &DataType::Null)? {
-                        DataType::Struct(f) => f,
-                        _ => unreachable!("check_moments_type of Null is a struct"),
-                    },
-                    a.len(),
-                )),
                 None => exec_err!("{name}: expected a ratio_moments struct, got {}", a.data_type()),
             }
         };
