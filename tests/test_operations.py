@@ -108,7 +108,13 @@ def test_health_and_readiness(tmp_path):
             line = proc.stdout.readline().decode()
             if "listening on grpc://" in line:
                 break
-        status, body = _get(f"{http}/readyz")
+        # ready once the scheduler's first pass (recovering runs a crash left) is done: moments later
+        for _ in range(60):
+            status, body = _get(f"{http}/readyz")
+            if status == 200:
+                break
+            assert "scheduler" in body, body
+            time.sleep(0.5)
         assert status == 200 and body.startswith("ready"), body
     finally:
         proc.terminate()

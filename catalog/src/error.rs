@@ -131,6 +131,26 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The status name a client sees for this kind (gRPC's spelling, `INVALID_ARGUMENT`), for
+    /// system tables and logs written without a protocol (embedded, task runs). The server
+    /// tests that it agrees with its own code mapping.
+    pub fn code_name(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::AlreadyExists => "ALREADY_EXISTS",
+            ErrorKind::InvalidInput => "INVALID_ARGUMENT",
+            ErrorKind::NotSupported => "UNIMPLEMENTED",
+            ErrorKind::Conflict => "ABORTED",
+            ErrorKind::ResourcesExhausted => "RESOURCE_EXHAUSTED",
+            ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+            ErrorKind::Unauthenticated => "UNAUTHENTICATED",
+            ErrorKind::Cancelled => "CANCELLED",
+            ErrorKind::Storage => "UNAVAILABLE",
+            ErrorKind::Corrupt => "DATA_LOSS",
+            ErrorKind::Internal => "INTERNAL",
+        }
+    }
+
     /// Every kind, for tests that pin each one's protocol answer.
     pub const ALL: [ErrorKind; 12] = [
         ErrorKind::NotFound,

@@ -13,17 +13,20 @@
 //! | [`dml`] | INSERT OVERWRITE, UPDATE / DELETE, bulk load |
 //! | [`delta`] | Delta tables: opening, types, staging files, creating and removing folders |
 //! | [`storage`] | where the warehouse lives (local or S3) and how to reach it |
-//! | [`system`] | the reserved `system` schema: `system.queries` (recent statements) |
+//! | [`schedule`] | tasks: schedules, the task statements, runs, the journal, the scheduler |
+//! | [`system`] | the reserved `system` schema: `system.queries`, `system.tasks`, `system.runs` |
 //! | [`error`] | the one error type, by kind |
 //!
 //! Dependencies run one way: `error` ← `storage` ← `delta` ← `catalog` ← `session` ←
-//! `ddl`, `dml` ← `sql`; `system` reads `session`'s statistics and the engine owns its log.
+//! `ddl`, `dml` ← `sql` ← `schedule`; `system` reads `session`'s statistics and the journal,
+//! and the engine owns the query log and the task runtime.
 
 pub mod catalog;
 pub mod ddl;
 pub mod delta;
 pub mod dml;
 pub mod error;
+pub mod schedule;
 pub mod session;
 pub mod sql;
 pub mod storage;
@@ -32,7 +35,7 @@ pub mod system;
 pub use catalog::{CATALOG_NAME, CatalogState, CatalogStore, DEFAULT_SCHEMA, Role, TableEntry, UserEntry};
 pub use dml::LoadMode;
 pub use error::{Error, ErrorKind, Result};
-pub use session::{Engine, EngineConfig, QueryStats, Session};
+pub use session::{Engine, EngineConfig, Origin, QueryStats, Session};
 pub use sql::{Planned, ScriptError, StatementKind, StatementOutput, StatementReport};
 pub use storage::{S3Config, Warehouse};
 pub use system::{QueryHandle, QueryLog, QueryState};

@@ -1,5 +1,6 @@
 //! `serve --demo`: generate (once) and load the demo dataset into a local warehouse, run
-//! pipelines A, B, D and E on it (once), and print a short summary of each output. Every SQL
+//! pipelines A, B, D and E on it (once), print a short summary of each output, and declare the
+//! pipelines as tasks (`sql/tasks.sql`, suspended so the demo stays quiet) unless they exist. Every SQL
 //! text is a file under `sql/`: the same scripts `streampulse sql -f` runs.
 
 use arrow::array::{Array, StringArray};
@@ -23,6 +24,8 @@ const SUMMARY_A: &str = include_str!("../../sql/demo/daily_play_counts.sql");
 const SUMMARY_B: &str = include_str!("../../sql/demo/recommendations.sql");
 const SUMMARY_D: &str = include_str!("../../sql/demo/royalties.sql");
 const SUMMARY_E: &str = include_str!("../../sql/demo/experiment_results.sql");
+/// The pipelines as (suspended) tasks.
+const TASKS: &str = include_str!("../../sql/tasks.sql");
 
 /// One run's `${param}` values.
 type Params = Vec<(String, String)>;
@@ -88,6 +91,13 @@ pub async fn load(engine: &Engine, scale: f64) -> Result<(), CliError> {
         }
         println!("music.{table}:");
         run_embedded(engine, summary, Some(Output::Table), false).await?;
+    }
+    if !engine.catalog().snapshot().tasks.contains_key("music.daily_play_counts") {
+        run_embedded(engine, TASKS, None, false).await?;
+        println!(
+            "Tasks declared (suspended) from sql/tasks.sql: see SHOW TASKS; start one with \
+             ALTER TASK music.daily_play_counts RESUME"
+        );
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! `serve`: composes what the server runs on one engine: the operators' HTTP listener
 //! ([`crate::http`], up first so `/readyz` can say "not yet"), the engine, the first admin of a
 //! fresh warehouse, the optional demo data ([`crate::demo`]) and the Flight SQL service
-//! ([`crate::flight`]) on its listener; background services (scheduler, ingest pipes) join
-//! here, each started and stopped in this one place.
+//! ([`crate::flight`]) on its listener, and the task scheduler
+//! (`streampulse_engine::schedule::scheduler`, unless `--no-scheduler`); background services
+//! are each started and stopped in this one place.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -12,6 +13,8 @@ use streampulse_engine::Engine;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
+
+use streampulse_engine::schedule::scheduler::{self, SchedulerConfig};
 
 use crate::admission::Admission;
 use crate::auth::{self, Authenticator};
@@ -34,6 +37,8 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
     {
         let metrics = metrics.clone();
         engine.query_log().set_listener(move |r| metrics.record(r));
+        let metrics_runs = http.metrics.clone();
+        engine.tasks().set_listener(move |e| metrics_runs.record_run(e));
     }
     if let Some(generated) = auth::bootstrap_admin(engine.catalog(), &args.admin_user, args.admin_password).await? {
         println!(
@@ -72,13 +77,25 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
         memory_limit = engine.memory_limit(),
         "Flight SQL server listening"
     );
+    let stop_scheduler = CancellationToken::new();
+    let scheduler = (!args.no_scheduler).then(|| {
+        let config = SchedulerConfig { retention: args.run_history_retention.into() };
+        engine.tasks().scheduler_starting();
+        tokio::spawn(scheduler::run(engine.clone(), config, stop_scheduler.clone()))
+    });
     let _ = http.engine.set(engine.clone());
     println!("StreamPulse Flight SQL listening on grpc://{bound}");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
         .await
-        .map_err(|e| CliError::failed(format!("server failed: {e}")))?;
+        .map_err(|e| CliError::failed(format!("server failed: {e}")));
+    // Runs in flight are cancelled and recorded as failed, to be retried by the next server.
+    stop_scheduler.cancel();
+    if let Some(s) = scheduler {
+        let _ = s.await;
+    }
+    served?;
     info!("server stopped");
     Ok(())
 }

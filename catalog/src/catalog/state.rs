@@ -1,4 +1,4 @@
-//! What the catalog holds at one version: schemas, tables, views and users. Plain data,
+//! What the catalog holds at one version: schemas, tables, views, users and tasks. Plain data,
 //! serialised as one JSON file per version by [`super::store::CatalogStore`].
 
 use std::collections::BTreeMap;
@@ -20,6 +20,54 @@ pub struct CatalogState {
     /// Users of the service by name (the server interprets the hash and role).
     #[serde(default)]
     pub users: BTreeMap<String, UserEntry>,
+    /// Scheduled SQL scripts by `schema.name` (the scheduler interprets them).
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskEntry>,
+}
+
+/// A task: a SQL script the scheduler runs on a schedule or after other tasks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskEntry {
+    /// `SCHEDULE = '...'` as written; `None` for a task that runs after its upstreams.
+    pub schedule: Option<String>,
+    /// Upstream tasks (`schema.name`) that must have succeeded for the same scheduled time.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// `name = expression over scheduled_time`, in order.
+    #[serde(default)]
+    pub params: Vec<(String, String)>,
+    /// `skip` or `queue`.
+    pub overlap: String,
+    /// `latest`, `all` or `none`.
+    pub catchup: String,
+    /// Most slots one catch-up runs (`CATCHUP = ALL`).
+    pub max_catchup_runs: u32,
+    /// Further attempts after a failed run.
+    pub retries: u32,
+    /// Seconds before the first retry; doubled for each further one.
+    pub retry_delay_secs: u64,
+    /// Seconds a run may take before it is cancelled.
+    pub timeout_secs: Option<u64>,
+    /// Consecutive failed runs after which the task suspends itself.
+    pub suspend_after_failures: Option<u32>,
+    /// Free text.
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// The script, statements separated by `;`, with `${param}`s.
+    pub body: String,
+    /// Who created (or last replaced) it; runs as this user.
+    pub owner: String,
+    /// `started` or `suspended`.
+    pub state: String,
+    /// Why it is suspended when the scheduler suspended it.
+    #[serde(default)]
+    pub suspended_reason: Option<String>,
+    /// RFC 3339 times.
+    pub created_at: String,
+    pub updated_at: String,
+    /// When it was last resumed: slots before this never run (missed while suspended).
+    #[serde(default)]
+    pub resumed_at: Option<String>,
 }
 
 /// One schema and the objects in it.

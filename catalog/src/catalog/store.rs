@@ -7,6 +7,7 @@
 //! fails if the change no longer makes sense, e.g. the table now exists). This is the same
 //! design as Delta's own log, so it needs no server other than the object store.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::TryStreamExt;
@@ -27,13 +28,15 @@ const MAX_COMMIT_ATTEMPTS: usize = 32;
 pub struct CatalogStore {
     warehouse: Warehouse,
     current: RwLock<Arc<CatalogState>>,
+    conflicts: AtomicU64,
 }
 
 impl CatalogStore {
     /// Open the catalog of `warehouse`, creating version 1 (with schema `public`) when new.
     pub async fn open(warehouse: Warehouse) -> Result<Self> {
         let latest = latest_version(&warehouse).await?;
-        let store = Self { warehouse, current: RwLock::new(Arc::new(CatalogState::default())) };
+        let store =
+            Self { warehouse, current: RwLock::new(Arc::new(CatalogState::default())), conflicts: AtomicU64::new(0) };
         match latest {
             Some(v) => {
                 let state = store
@@ -64,6 +67,11 @@ impl CatalogStore {
     /// The warehouse this catalog lives in.
     pub fn warehouse(&self) -> &Warehouse {
         &self.warehouse
+    }
+
+    /// Commits that lost a race and were retried, since this process opened the catalog.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     /// The newest state this process knows, without touching storage.
@@ -119,6 +127,7 @@ impl CatalogStore {
                     return Ok(self.snapshot());
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
                     debug!(version = next.version, "catalog commit raced; retrying on newer state");
                     continue;
                 }

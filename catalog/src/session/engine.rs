@@ -25,6 +25,7 @@ use super::query::Session;
 use crate::catalog::provider::{Shared, WarehouseCatalog};
 use crate::catalog::{CATALOG_NAME, CatalogState, CatalogStore, DEFAULT_SCHEMA};
 use crate::error::{Error, Result};
+use crate::schedule::Tasks;
 use crate::storage::{S3Config, Warehouse};
 use crate::system::{QueryLog, SystemSchema};
 
@@ -79,6 +80,7 @@ pub struct Engine {
     global_pool: Arc<dyn MemoryPool>,
     query_memory_limit: usize,
     query_log: Arc<QueryLog>,
+    tasks: Arc<Tasks>,
 }
 
 /// Batch size and sort merge reservation for a per-query cap. A plan registers dozens of
@@ -148,7 +150,8 @@ impl Engine {
         let shared = Shared::new(store.clone());
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         let query_log = QueryLog::new(config.query_log_size);
-        let system = Arc::new(SystemSchema::new(query_log.clone()));
+        let tasks = Tasks::new(warehouse.clone());
+        let system = Arc::new(SystemSchema::new(query_log.clone(), tasks.clone(), store.clone()));
         catalogs.register_catalog(CATALOG_NAME.to_string(), Arc::new(WarehouseCatalog::new(shared.clone(), system)));
 
         // The default physical rules, with the memory-aware join choice right after DataFusion's
@@ -183,7 +186,15 @@ impl Engine {
             spill_max_size = config.spill_max_size,
             "engine ready"
         );
-        Ok(Self { store, base, memory_limit: config.memory_limit, global_pool: pool, query_memory_limit, query_log })
+        Ok(Self {
+            store,
+            base,
+            memory_limit: config.memory_limit,
+            global_pool: pool,
+            query_memory_limit,
+            query_log,
+            tasks,
+        })
     }
 
     /// A fresh session over the shared catalog and functions, with its own [`QueryPool`]: what
@@ -246,6 +257,11 @@ impl Engine {
     /// The recent statements, `system.queries`.
     pub fn query_log(&self) -> &Arc<QueryLog> {
         &self.query_log
+    }
+
+    /// Tasks: the run journal, runs in flight here, the run listener.
+    pub fn tasks(&self) -> &Arc<Tasks> {
+        &self.tasks
     }
 
     /// Catch up with catalog changes made by other processes.

@@ -13,4 +13,4 @@ pub mod pool;
 pub mod query;
 
 pub use engine::{Engine, EngineConfig, memory_scaled_sizes};
-pub use query::{QueryStats, Session};
+pub use query::{Origin, QueryStats, Session};

@@ -36,6 +36,18 @@ pub struct QueryStats {
 pub struct Session {
     ctx: SessionContext,
     pool: Arc<QueryPool>,
+    origin: Origin,
+}
+
+/// Who runs a session's statements and how they came, as `system.queries` shows them.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The user (`embedded` for the command line without a server).
+    pub user: String,
+    /// `embedded`, `flight_sql` or `task`.
+    pub protocol: &'static str,
+    /// The task and run id, for a task run's session.
+    pub run: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -46,7 +58,23 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub(crate) fn new(ctx: SessionContext, pool: Arc<QueryPool>) -> Self {
-        Self { ctx, pool }
+        Self { ctx, pool, origin: Origin { user: "embedded".into(), protocol: "embedded", run: None } }
+    }
+
+    /// The same session, its statements attributed to `origin`.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// The session, its statements attributed to `user` over `protocol`.
+    pub fn for_user(self, user: &str, protocol: &'static str) -> Self {
+        self.with_origin(Origin { user: user.to_string(), protocol, run: None })
+    }
+
+    /// Who runs this session's statements.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The DataFusion context (planning, `ctx.sql`, table lookups).

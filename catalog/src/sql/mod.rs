@@ -8,6 +8,6 @@ pub mod runner;
 pub mod split;
 
 pub use params::{parse_param, substitute_params};
-pub use plan::{Planned, StatementKind, count_schema};
+pub use plan::{Parsed, Planned, StatementKind, count_schema};
 pub use runner::{ScriptError, StatementOutput, StatementReport};
 pub use split::split_statements;

@@ -21,6 +21,8 @@ use super::split::split_statements;
 use crate::catalog::CATALOG_NAME;
 use crate::ddl::Ddl;
 use crate::error::{Error, Result};
+use crate::schedule::statements::SHOW_TASKS_SQL;
+use crate::schedule::{TaskStatement, parse_task_statement};
 use crate::session::{Engine, Session};
 
 /// What kind of statement was planned: decides how a protocol runs and answers it.
@@ -34,6 +36,28 @@ pub enum StatementKind {
     Ddl,
     /// Changes the session (SET).
     Session,
+    /// Creates, changes or runs a task.
+    Task,
+}
+
+impl StatementKind {
+    /// The name `system.queries` and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementKind::Query => "query",
+            StatementKind::Dml => "dml",
+            StatementKind::Ddl => "ddl",
+            StatementKind::Session => "session",
+            StatementKind::Task => "task",
+        }
+    }
+}
+
+/// A statement as parsed: DataFusion's, or a task statement caught before DataFusion's parser.
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    Sql(DFStatement),
+    Task(TaskStatement),
 }
 
 /// A planned statement, not yet run.
@@ -47,6 +71,8 @@ pub enum Planned {
     Ddl(Box<Ddl>),
     /// SET and other session statements.
     Session(LogicalPlan),
+    /// CREATE / ALTER / DROP / EXECUTE TASK.
+    Task(Box<TaskStatement>),
 }
 
 impl Planned {
@@ -57,6 +83,7 @@ impl Planned {
             Planned::Dml(_) => StatementKind::Dml,
             Planned::Ddl(_) => StatementKind::Ddl,
             Planned::Session(_) => StatementKind::Session,
+            Planned::Task(_) => StatementKind::Task,
         }
     }
 
@@ -65,6 +92,7 @@ impl Planned {
     pub fn writes(&self) -> bool {
         match self {
             Planned::Ddl(_) | Planned::Dml(_) => true,
+            Planned::Task(t) => t.writes(),
             Planned::Session(_) => false,
             Planned::Query(plan) => {
                 let mut writes = false;
@@ -84,7 +112,7 @@ impl Planned {
     pub fn logical_plan(&self) -> Option<&LogicalPlan> {
         match self {
             Planned::Query(p) | Planned::Dml(p) | Planned::Session(p) => Some(p),
-            Planned::Ddl(_) => None,
+            Planned::Ddl(_) | Planned::Task(_) => None,
         }
     }
 }
@@ -96,14 +124,18 @@ pub fn count_schema() -> SchemaRef {
 
 impl Engine {
     /// Split a script into statements, each with its own source text.
-    pub fn parse(&self, sql: &str) -> Result<Vec<(String, DFStatement)>> {
+    pub fn parse(&self, sql: &str) -> Result<Vec<(String, Parsed)>> {
         let mut out = Vec::new();
         for text in split_statements(sql)? {
+            if let Some(task) = parse_task_statement(&text)? {
+                out.push((text, Parsed::Task(task)));
+                continue;
+            }
             let mut parser = DFParserBuilder::new(text.as_str()).with_dialect(&GenericDialect {}).build()?;
             let mut statements = parser.parse_statements()?;
             match (statements.pop_front(), statements.is_empty()) {
                 (None, _) => continue,
-                (Some(statement), true) => out.push((text, statement)),
+                (Some(statement), true) => out.push((text, Parsed::Sql(statement))),
                 (Some(_), false) => return Err(Error::invalid(format!("cannot split statements in: {text}"))),
             }
         }
@@ -111,8 +143,13 @@ impl Engine {
     }
 
     /// Plan one statement in `session`; `sql` is its source text.
-    pub async fn plan(&self, session: &Session, sql: &str, statement: DFStatement) -> Result<Planned> {
+    pub async fn plan(&self, session: &Session, sql: &str, statement: Parsed) -> Result<Planned> {
         self.store.refresh().await?;
+        let statement = match statement {
+            Parsed::Task(TaskStatement::Show) => return Box::pin(self.plan_sql(session, SHOW_TASKS_SQL)).await,
+            Parsed::Task(task) => return Ok(Planned::Task(Box::new(task))),
+            Parsed::Sql(statement) => statement,
+        };
         let sql = sql.to_string();
         let (statement, partition_columns) = take_partition_columns(statement)?;
         reject_runtime_settings(&statement)?;

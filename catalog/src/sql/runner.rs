@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 
-use super::plan::{Planned, StatementKind};
+use super::plan::{Parsed, Planned, StatementKind};
 use crate::error::{Error, Result};
 use crate::session::{Engine, QueryStats, Session};
+use crate::system::QueryHandle;
 
 /// What a statement produced.
 #[derive(Debug)]
@@ -88,6 +89,9 @@ impl Engine {
                 Ok(None)
             }
             Planned::Dml(plan) => Ok(Some(self.run_dml(session, plan).await?)),
+            Planned::Task(task) => {
+                Ok(self.run_task_statement(session, *task).await?.map(|runs| runs.num_rows() as u64))
+            }
             Planned::Session(plan) | Planned::Query(plan) => {
                 let physical = session.physical_plan(plan).await?;
                 let mut stream = session.execute(physical)?;
@@ -118,29 +122,27 @@ impl Engine {
             let index = i + 1;
             let started = Instant::now();
             session.reset_stats();
+            let origin = session.origin();
+            let log = self.query_log().start(&origin.user, origin.protocol, &text);
+            if let Some((task, run_id)) = &origin.run {
+                log.in_run(task, run_id);
+            }
             let fail = |source: Error| ScriptError { index, sql: text.clone(), source };
-            let planned = self.plan(session, &text, statement).await.map_err(fail)?;
-            let kind = planned.kind();
-            let output = match planned {
-                Planned::Query(plan) => {
-                    let physical = session.physical_plan(plan).await.map_err(fail)?;
-                    let mut stream = session.execute(physical).map_err(fail)?;
-                    let (mut kept, mut counted) = (Vec::new(), 0u64);
-                    while let Some(batch) = stream.next().await {
-                        let batch = batch.map_err(|e| fail(e.into()))?;
-                        counted += batch.num_rows() as u64;
-                        if keep_rows {
-                            kept.push(batch);
-                        }
-                    }
-                    drop(stream);
-                    if keep_rows { StatementOutput::Rows(kept) } else { StatementOutput::RowsCounted(counted) }
+            let result = self.run_statement(session, &text, statement, keep_rows, &log).await;
+            let stats = session.stats();
+            let (kind, output) = match result {
+                Ok(done) => done,
+                Err(e) => {
+                    log.finish(None, stats, Some((e.kind().code_name(), e.user_message())));
+                    return Err(fail(e));
                 }
-                other => match self.run_command(session, other).await.map_err(fail)? {
-                    Some(rows) => StatementOutput::Changed(rows),
-                    None => StatementOutput::Done,
-                },
             };
+            let rows = match &output {
+                StatementOutput::Rows(b) => Some(b.iter().map(|b| b.num_rows() as u64).sum()),
+                StatementOutput::RowsCounted(n) | StatementOutput::Changed(n) => Some(*n),
+                StatementOutput::Done => None,
+            };
+            log.finish(rows, stats, None);
             let report = StatementReport {
                 index,
                 sql: text.clone(),
@@ -152,5 +154,46 @@ impl Engine {
             each(report).map_err(fail)?;
         }
         Ok(())
+    }
+
+    /// Plan and run one statement of a script.
+    async fn run_statement(
+        &self,
+        session: &Session,
+        text: &str,
+        statement: Parsed,
+        keep_rows: bool,
+        log: &QueryHandle,
+    ) -> Result<(StatementKind, StatementOutput)> {
+        let planned = self.plan(session, text, statement).await?;
+        let kind = planned.kind();
+        log.planned(kind.as_str());
+        log.admitted(Duration::ZERO);
+        let output = match planned {
+            Planned::Query(plan) => {
+                let physical = session.physical_plan(plan).await?;
+                let mut stream = session.execute(physical)?;
+                let (mut kept, mut counted) = (Vec::new(), 0u64);
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    counted += batch.num_rows() as u64;
+                    if keep_rows {
+                        kept.push(batch);
+                    }
+                }
+                drop(stream);
+                if keep_rows { StatementOutput::Rows(kept) } else { StatementOutput::RowsCounted(counted) }
+            }
+            Planned::Task(task) => match self.run_task_statement(session, *task).await? {
+                Some(runs) if keep_rows => StatementOutput::Rows(vec![runs]),
+                Some(runs) => StatementOutput::Changed(runs.num_rows() as u64),
+                None => StatementOutput::Done,
+            },
+            other => match self.run_command(session, other).await? {
+                Some(rows) => StatementOutput::Changed(rows),
+                None => StatementOutput::Done,
+            },
+        };
+        Ok((kind, output))
     }
 }

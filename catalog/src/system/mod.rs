@@ -1,8 +1,10 @@
 //! The reserved `system` schema: tables that show the process's own state, snapshotted on
-//! every scan. Today `system.queries` ([`queries`]); the scheduler's `system.tasks` and
-//! `system.runs` join here. No user schema may be called `system`.
+//! every scan: `system.queries` ([`queries`], this process's recent statements) and the
+//! scheduler's `system.tasks` and `system.runs` ([`tasks`], from the catalog and the run
+//! journal, so every server shows the same). No user schema may be called `system`.
 
 pub mod queries;
+pub mod tasks;
 
 use std::sync::Arc;
 
@@ -13,22 +15,31 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 
 pub use queries::{QueryHandle, QueryLog, QueryRecord, QueryState};
 
+use crate::catalog::CatalogStore;
+use crate::schedule::Tasks;
+
 /// The reserved schema's name.
 pub const SYSTEM_SCHEMA: &str = "system";
 
 /// The tables of the `system` schema.
-pub const SYSTEM_TABLES: [&str; 1] = ["queries"];
+pub const SYSTEM_TABLES: [&str; 3] = ["queries", "runs", "tasks"];
 
 /// DataFusion's view of the `system` schema.
 #[derive(Debug)]
 pub struct SystemSchema {
     queries: Arc<QueryLog>,
+    tasks: Arc<Tasks>,
+    catalog: Arc<CatalogStore>,
 }
 
 impl SystemSchema {
-    pub fn new(queries: Arc<QueryLog>) -> Self {
-        Self { queries }
+    pub fn new(queries: Arc<QueryLog>, tasks: Arc<Tasks>, catalog: Arc<CatalogStore>) -> Self {
+        Self { queries, tasks, catalog }
     }
+}
+
+fn table(batch: arrow::array::RecordBatch) -> DfResult<Option<Arc<dyn TableProvider>>> {
+    Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
 }
 
 #[async_trait]
@@ -38,10 +49,17 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let df = |e: crate::error::Error| e.into_datafusion();
         match name {
-            "queries" => {
-                let batch = self.queries.batch().map_err(|e| e.into_datafusion())?;
-                Ok(Some(Arc::new(MemTable::try_new(QueryLog::schema(), vec![vec![batch]])?)))
+            "queries" => table(self.queries.batch().map_err(df)?),
+            "tasks" => {
+                let catalog = self.catalog.refresh().await.map_err(df)?;
+                let runs = self.tasks.journal().list(None).await.map_err(df)?;
+                table(tasks::tasks_batch(&catalog, &runs).map_err(df)?)
+            }
+            "runs" => {
+                let runs = self.tasks.journal().list(None).await.map_err(df)?;
+                table(tasks::runs_batch(&self.tasks, &runs).map_err(df)?)
             }
             _ => Ok(None),
         }

@@ -48,7 +48,7 @@ impl QueryState {
 pub struct QueryRecord {
     pub query_id: String,
     pub user: String,
-    /// `flight_sql` or `embedded`.
+    /// `flight_sql`, `embedded` or `task`.
     pub protocol: &'static str,
     /// `query`, `ddl`, `dml`, `session`, `ingest`, or `unknown` when it did not plan.
     pub kind: String,
@@ -62,6 +62,9 @@ pub struct QueryRecord {
     /// The status code the client saw (gRPC code name), when it failed.
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// The task and run it belongs to, for statements of a task run.
+    pub task: Option<String>,
+    pub run_id: Option<String>,
 }
 
 type Listener = Box<dyn Fn(&QueryRecord) + Send + Sync>;
@@ -122,6 +125,8 @@ impl QueryLog {
             stats: QueryStats::default(),
             error_code: None,
             error_message: None,
+            task: None,
+            run_id: None,
         }));
         if let Ok(mut entries) = self.entries.lock() {
             entries.push_back(record.clone());
@@ -171,6 +176,8 @@ impl QueryLog {
             Field::new("spilled_bytes", DataType::UInt64, false),
             Field::new("error_code", DataType::Utf8, true),
             Field::new("error_message", DataType::Utf8, true),
+            Field::new("task", DataType::Utf8, true),
+            Field::new("run_id", DataType::Utf8, true),
         ]))
     }
 
@@ -209,6 +216,8 @@ impl QueryLog {
             Arc::new(rows.iter().map(|r| Some(r.stats.spilled_bytes as u64)).collect::<UInt64Array>()),
             strings(&|r| r.error_code.clone()),
             strings(&|r| r.error_message.clone()),
+            strings(&|r| r.task.clone()),
+            strings(&|r| r.run_id.clone()),
         ];
         RecordBatch::try_new(Self::schema(), columns).map_err(|e| Error::internal(format!("system.queries: {e}")))
     }
@@ -232,6 +241,14 @@ impl QueryHandle {
     /// The statement's id in `system.queries`.
     pub fn id(&self) -> String {
         self.record.lock().map(|r| r.query_id.clone()).unwrap_or_default()
+    }
+
+    /// The statement is part of run `run_id` of `task`.
+    pub fn in_run(&self, task: &str, run_id: &str) {
+        self.update(|r| {
+            r.task = Some(task.to_string());
+            r.run_id = Some(run_id.to_string());
+        });
     }
 
     /// The statement planned as `kind` (`query`, `ddl`, `dml`, ...).

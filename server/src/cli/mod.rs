@@ -1,5 +1,5 @@
 //! The `streampulse` command line, one file per subcommand: [`serve`], [`sql`], [`user`],
-//! [`datagen`], plus `functions` and `config-reference` (printed references).
+//! [`task`], [`datagen`], plus `functions` and `config-reference` (printed references).
 //!
 //! Each command resolves its settings ([`crate::config`]: flags, env vars, the TOML file,
 //! defaults), builds the one engine, and hands it to the server or to the core's script runner.
@@ -8,6 +8,7 @@
 pub mod datagen;
 pub mod serve;
 pub mod sql;
+pub mod task;
 pub mod user;
 
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Manage the users who may connect (stored in the warehouse catalog).
     User(user::UserArgs),
+    /// List, run, backfill tasks and show their run history: embedded or with --connect.
+    Task(task::TaskArgs),
     /// Print the reference of StreamPulse's SQL functions (Markdown).
     Functions,
     /// Print the configuration reference: every setting, its env var, TOML key and default (Markdown).
@@ -100,6 +103,7 @@ pub async fn run() -> ExitCode {
         Command::Serve(args) => serve::run(args).await,
         Command::Sql(args) => sql::run(args).await,
         Command::User(args) => user::run(args).await,
+        Command::Task(args) => task::run(args).await,
         Command::Datagen(args) => datagen::run(args),
         Command::Functions => {
             print!("{}", streampulse_udfs::reference_markdown());

@@ -23,24 +23,50 @@ pub struct SqlArgs {
     /// File of SQL statements to run
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
-    /// Run against a server instead of embedded, e.g. grpc://127.0.0.1:50051 [default: embedded]
-    #[arg(long, env = "STREAMPULSE_CONNECT")]
-    connect: Option<String>,
-    /// User for --connect
-    #[arg(long, env = "STREAMPULSE_USER", default_value = "admin")]
-    user: String,
-    /// Password for --connect
-    #[arg(long, env = "STREAMPULSE_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
-    /// Script parameter: every `${name}` in the SQL becomes `value` (repeatable)
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Script parameter: every `${name}` in the SQL becomes `value` (repeatable); `${...}` inside $$ task bodies $$ is left for the task's own PARAMS
     #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
-    /// How results are printed: an aligned table, CSV with a header, or JSON lines; with csv/json, stdout holds only result rows ("OK"/row counts go to stderr)
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    format: Output,
     /// After each statement, print to stderr its wall time, peak pool memory and spills (embedded only; a server logs them for every statement)
     #[arg(long)]
     stats: bool,
+}
+
+/// Where statements run and how results print: shared by `sql` and `task`.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Run against a server instead of embedded, e.g. grpc://127.0.0.1:50051 [default: embedded]
+    #[arg(long, global = true, env = "STREAMPULSE_CONNECT")]
+    pub connect: Option<String>,
+    /// User for --connect
+    #[arg(long, global = true, env = "STREAMPULSE_USER", default_value = "admin")]
+    pub user: String,
+    /// Password for --connect
+    #[arg(long, global = true, env = "STREAMPULSE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// How results are printed: an aligned table, CSV with a header, or JSON lines; with csv/json, stdout holds only result rows ("OK"/row counts go to stderr)
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub format: Output,
+}
+
+impl ClientArgs {
+    /// Run `script` embedded on `warehouse`, or on the server with `--connect`.
+    pub async fn run(&self, warehouse: &WarehouseArgs, script: &str, stats: bool) -> Result<(), CliError> {
+        match &self.connect {
+            Some(url) => {
+                let password = self
+                    .password
+                    .clone()
+                    .ok_or_else(|| CliError::usage("--connect needs --password or STREAMPULSE_PASSWORD"))?;
+                run_remote(url, &self.user, &password, script, self.format).await
+            }
+            None => {
+                let engine = open_engine(warehouse).await?;
+                run_embedded(&engine, script, Some(self.format), stats).await
+            }
+        }
+    }
 }
 
 /// How `streampulse sql` prints query results.
@@ -60,19 +86,7 @@ pub async fn run(args: SqlArgs) -> Result<(), CliError> {
     };
     let params = args.params.iter().map(|p| parse_param(p)).collect::<Result<Vec<_>, _>>().map_err(CliError::usage)?;
     let script = substitute_params(&script, &params).map_err(CliError::usage)?;
-    match &args.connect {
-        Some(url) => {
-            let password = args
-                .password
-                .clone()
-                .ok_or_else(|| CliError::usage("--connect needs --password or STREAMPULSE_PASSWORD"))?;
-            run_remote(url, &args.user, &password, &script, args.format).await
-        }
-        None => {
-            let engine = open_engine(&args.warehouse).await?;
-            run_embedded(&engine, &script, Some(args.format), args.stats).await
-        }
-    }
+    args.client.run(&args.warehouse, &script, args.stats).await
 }
 
 /// Run a script in one session of `engine`, printing results in `print`'s format when given

@@ -98,6 +98,12 @@ pub struct ServerArgs {
     /// Scale factor of the --demo dataset (1 = 100 M plays)
     #[arg(long, env = "STREAMPULSE_DEMO_SCALE", default_value_t = 0.001)]
     pub demo_scale: f64,
+    /// Run no task scheduler in this server (tasks still run with EXECUTE TASK); several servers on one warehouse may all schedule: each run happens once
+    #[arg(long, env = "STREAMPULSE_NO_SCHEDULER")]
+    pub no_scheduler: bool,
+    /// How long task run history (system.runs) is kept in the warehouse's _runs/ journal
+    #[arg(long, env = "STREAMPULSE_RUN_HISTORY_RETENTION", default_value = "30days")]
+    pub run_history_retention: humantime::Duration,
 }
 
 impl WarehouseArgs {

@@ -1,6 +1,7 @@
 //! Flight SQL bulk ingest (`CommandStatementIngest`, ADBC's `adbc_ingest`): the uploaded
 //! batches are handed to the core's bulk load as they arrive (it stages them on disk).
 
+use crate::flight::statements::PROTOCOL;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
@@ -37,7 +38,7 @@ impl StreamPulseFlightSql {
             None => TableReference::bare(cmd.table.as_str()),
         };
         let mode = load_mode(&cmd);
-        let session = self.engine.session();
+        let session = self.engine.session().for_user(&principal.user, PROTOCOL);
         let _permit = self.admission.admit().await?;
         // The schema comes with the first message, so read that one before building the stream.
         let mut batches = FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from));

@@ -15,6 +15,7 @@ pub mod status;
 pub mod tickets;
 pub mod wrapper;
 
+use crate::flight::statements::PROTOCOL;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -409,7 +410,7 @@ impl FlightSqlService for StreamPulseFlightSql {
     ) -> Result<i64, Status> {
         let principal = self.principal(&request).await.map_err(status)?;
         async {
-            let session = self.engine.session();
+            let session = self.engine.session().for_user(&principal.user, PROTOCOL);
             let planned = self.plan_authorized(&principal, &session, &cmd.query).await?;
             if planned.kind() == StatementKind::Query {
                 return Err(Error::invalid("this statement returns rows: execute it as a query"));

@@ -1,6 +1,7 @@
 //! Prepared statements: the ADBC driver prepares every statement, so creating one plans it
 //! once for its schemas, binding keeps parameter rows, and executing re-plans with them.
 
+use crate::flight::statements::PROTOCOL;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -85,7 +86,7 @@ impl StreamPulseFlightSql {
         if query.transaction_id.is_some() {
             return Err(Error::not_supported("transactions are not supported"));
         }
-        let session = self.engine.session();
+        let session = self.engine.session().for_user(&principal.user, PROTOCOL);
         let planned = self.plan_authorized(&principal, &session, &query.query).await?;
         let kind = planned.kind();
         let (dataset_schema, parameter_schema) = match &planned {
@@ -156,7 +157,7 @@ impl StreamPulseFlightSql {
         if kind == StatementKind::Query {
             return Err(Error::invalid("this statement returns rows: execute it as a query"));
         }
-        let session = self.engine.session();
+        let session = self.engine.session().for_user(&principal.user, PROTOCOL);
         let planned = self.engine.plan_sql(&session, &sql).await?;
         authorize(principal, &planned)?;
         let count = self.execute_command(principal, &session, &sql, planned, sent.or(stored)).await?;

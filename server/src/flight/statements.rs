@@ -60,7 +60,7 @@ impl StreamPulseFlightSql {
         params: Option<Vec<Vec<ScalarValue>>>,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo> {
-        let session = self.engine.session();
+        let session = self.engine.session().for_user(&principal.user, PROTOCOL);
         let planned = self.plan_authorized(principal, &session, sql).await?;
         match planned {
             Planned::Query(plan) => {
@@ -76,6 +76,12 @@ impl StreamPulseFlightSql {
                 })?;
                 debug!(user = %principal.user, ticket = %id, "query planned");
                 self.ticket_info(&id, &schema, descriptor, -1)
+            }
+            Planned::Task(task) => {
+                let batch = self.execute_task(principal, &session, sql, *task).await?;
+                let (schema, rows) = (batch.schema(), batch.num_rows() as i64);
+                let id = self.tickets.put(Pending::Ready { batch, user: principal.user.clone() })?;
+                self.ticket_info(&id, &schema, descriptor, rows)
             }
             other => {
                 let count = self.execute_command(principal, &session, sql, other, params).await?;
@@ -130,6 +136,32 @@ impl StreamPulseFlightSql {
             "statement executed"
         );
         Ok(count)
+    }
+
+    /// Run a task statement under admission and log it; `EXECUTE TASK` answers its runs.
+    async fn execute_task(
+        &self,
+        principal: &Principal,
+        session: &Session,
+        sql: &str,
+        task: streampulse_engine::schedule::TaskStatement,
+    ) -> Result<RecordBatch> {
+        let log = self.engine.query_log().start(&principal.user, PROTOCOL, sql);
+        log.planned(kind_name(StatementKind::Task));
+        let waiting = Instant::now();
+        let result = async {
+            let _permit = self.admission.admit().await?;
+            log.admitted(waiting.elapsed());
+            self.engine.run_task_statement(session, task).await
+        }
+        .await;
+        let stats = session.stats();
+        match &result {
+            Ok(runs) => log.finish(runs.as_ref().map(|b| b.num_rows() as u64), stats, None),
+            Err(e) => log.finish(None, stats, Some(error_of(e))),
+        }
+        info!(user = %principal.user, sql, ok = result.is_ok(), "task statement executed");
+        Ok(result?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(Schema::empty()))))
     }
 
     async fn run_command(
@@ -211,16 +243,11 @@ impl StreamPulseFlightSql {
 }
 
 /// The protocol name system.queries shows for statements that came over Flight SQL.
-const PROTOCOL: &str = "flight_sql";
+pub(crate) const PROTOCOL: &str = "flight_sql";
 
 /// A statement kind as system.queries and the metrics name it.
 pub(crate) fn kind_name(kind: StatementKind) -> &'static str {
-    match kind {
-        StatementKind::Query => "query",
-        StatementKind::Ddl => "ddl",
-        StatementKind::Dml => "dml",
-        _ => "session",
-    }
+    kind.as_str()
 }
 
 /// The gRPC code name (as in the protocol, `INVALID_ARGUMENT`) and message a client got for `e`.
@@ -240,6 +267,7 @@ pub(crate) fn batch_stream(batch: RecordBatch) -> DoGetStream {
 pub(crate) fn authorize(principal: &Principal, planned: &Planned) -> Result<()> {
     match planned.kind() {
         StatementKind::Ddl => principal.require_admin("change the catalog (CREATE, DROP)"),
+        StatementKind::Task if planned.writes() => principal.require_admin("create, change or run tasks"),
         _ if planned.writes() => principal.require_admin("change data (INSERT, COPY)"),
         _ => Ok(()),
     }

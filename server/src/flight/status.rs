@@ -105,6 +105,7 @@ mod tests {
         for kind in ErrorKind::ALL {
             let want = expected.iter().find(|(k, _)| *k == kind).map(|(_, c)| *c);
             assert_eq!(Some(code(kind)), want, "{kind}");
+            assert_eq!(kind.code_name(), code_name(code(kind)), "the core's name for {kind}");
         }
     }
 

@@ -1,6 +1,7 @@
-//! The Prometheus metrics: counted as statements finish (the query log's listener) and as
-//! admission turns statements away; gauges read at scrape time. Labels are bounded (statement
-//! kind, status): never a user name or SQL text.
+//! The Prometheus metrics: counted as statements finish (the query log's listener), as task
+//! runs end (the task runtime's listener) and as admission turns statements away; gauges read
+//! at scrape time. Labels are bounded (statement kind, status, task name — tasks are few and
+//! made by admins): never a user name or SQL text.
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use streampulse_engine::schedule::RunEvent;
 use streampulse_engine::system::QueryRecord;
 use streampulse_engine::{Engine, QueryState};
 
@@ -24,6 +27,19 @@ struct StatementLabels {
 struct KindLabels {
     kind: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskStatusLabels {
+    task: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn seconds_buckets() -> Histogram {
     // 1 ms to ~4.4 min
@@ -43,6 +59,14 @@ pub struct Metrics {
     queued: Gauge,
     memory_in_use: Gauge,
     memory_limit: Gauge,
+    task_runs: Family<TaskStatusLabels, Counter>,
+    task_duration: Family<TaskLabels, Histogram, fn() -> Histogram>,
+    task_last_success: Family<TaskLabels, FloatGauge>,
+    task_failures: Family<TaskLabels, Gauge>,
+    task_suspended: Family<TaskLabels, Gauge>,
+    scheduler_lag: FloatGauge,
+    catalog_conflicts: Counter,
+    conflicts_seen: AtomicU64,
 }
 
 impl Metrics {
@@ -78,6 +102,36 @@ impl Metrics {
         );
         let memory_limit = Gauge::default();
         registry.register("memory_pool_limit_bytes", "Size of the query memory pool", memory_limit.clone());
+        let task_runs = Family::<TaskStatusLabels, Counter>::default();
+        registry.register("task_runs", "Task runs ended, by task and status", task_runs.clone());
+        let task_duration = Family::<TaskLabels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_buckets);
+        registry.register("task_run_duration_seconds", "Wall time of task runs", task_duration.clone());
+        let task_last_success = Family::<TaskLabels, FloatGauge>::default();
+        registry.register(
+            "task_last_success_timestamp_seconds",
+            "When each task last succeeded (Unix time; alert on time() minus this)",
+            task_last_success.clone(),
+        );
+        let task_failures = Family::<TaskLabels, Gauge>::default();
+        registry.register(
+            "task_consecutive_failures",
+            "Failed scheduled runs of each task since its last success",
+            task_failures.clone(),
+        );
+        let task_suspended = Family::<TaskLabels, Gauge>::default();
+        registry.register("task_suspended", "1 when the task is suspended", task_suspended.clone());
+        let scheduler_lag = FloatGauge::default();
+        registry.register(
+            "scheduler_lag_seconds",
+            "How late the latest scheduled run started after its slot",
+            scheduler_lag.clone(),
+        );
+        let catalog_conflicts = Counter::default();
+        registry.register(
+            "catalog_commit_conflicts",
+            "Catalog commits that lost a race with another writer and were retried",
+            catalog_conflicts.clone(),
+        );
         registry.register(
             "build",
             "The server's version",
@@ -94,7 +148,33 @@ impl Metrics {
             queued,
             memory_in_use,
             memory_limit,
+            task_runs,
+            task_duration,
+            task_last_success,
+            task_failures,
+            task_suspended,
+            scheduler_lag,
+            catalog_conflicts,
+            conflicts_seen: AtomicU64::new(0),
         })
+    }
+
+    /// Count a task run that ended.
+    pub fn record_run(&self, e: &RunEvent) {
+        let task = e.task.clone();
+        self.task_runs.get_or_create(&TaskStatusLabels { task: task.clone(), status: e.state.as_str().into() }).inc();
+        let labels = TaskLabels { task };
+        if e.state != streampulse_engine::schedule::RunState::Skipped {
+            self.task_duration.get_or_create(&labels).observe(e.duration.as_secs_f64());
+        }
+        if e.state == streampulse_engine::schedule::RunState::Succeeded {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            self.task_last_success.get_or_create(&labels).set(now.as_secs_f64());
+        }
+        self.task_failures.get_or_create(&labels).set(i64::from(e.consecutive_failures));
+        if let Some(lag) = e.lag {
+            self.scheduler_lag.set(lag.as_secs_f64());
+        }
     }
 
     /// Count a finished statement.
@@ -118,6 +198,14 @@ impl Metrics {
             self.queued.set(log.count(QueryState::Queued) as i64);
             self.memory_in_use.set(engine.memory_in_use() as i64);
             self.memory_limit.set(engine.memory_limit() as i64);
+            let catalog = engine.catalog().snapshot();
+            for (name, task) in &catalog.tasks {
+                let suspended = i64::from(task.state != "started");
+                self.task_suspended.get_or_create(&TaskLabels { task: name.clone() }).set(suspended);
+            }
+            let conflicts = engine.catalog().conflicts();
+            let seen = self.conflicts_seen.swap(conflicts, Ordering::Relaxed);
+            self.catalog_conflicts.inc_by(conflicts.saturating_sub(seen));
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

@@ -1,6 +1,6 @@
 //! The operators' HTTP listener (`--http-listen`), apart from the Flight SQL port: `/metrics`
-//! (Prometheus text), `/healthz` (the process is up) and `/readyz` (the catalog is loaded and
-//! the warehouse's store answers). It starts before the engine opens, so `/readyz` says 503
+//! (Prometheus text), `/healthz` (the process is up) and `/readyz` (the catalog is loaded, the
+//! warehouse's store answers, and the scheduler has recovered the runs a crash left behind). It starts before the engine opens, so `/readyz` says 503
 //! until the server can take queries.
 
 pub mod metrics;
@@ -59,6 +59,9 @@ async fn ready_handler(State(state): State<Arc<HttpState>>) -> (StatusCode, Stri
     let Some(engine) = state.engine.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: catalog not loaded yet\n".into());
     };
+    if !engine.tasks().recovered() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: the scheduler is recovering runs\n".into());
+    }
     match engine.refresh().await {
         Ok(catalog) => (StatusCode::OK, format!("ready: catalog version {}\n", catalog.version)),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: warehouse store unreachable: {e}\n")),
