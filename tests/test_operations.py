@@ -87,6 +87,18 @@ def test_system_queries_and_metrics_show_what_clients_ran(served):
     assert "admin" not in "".join(str(labels) for _, labels in samples)
 
 
+def test_bulk_ingest_shows_in_system_queries(served):
+    import pyarrow as pa
+    conn = adbc_connect(served.uri)
+    cur = conn.cursor()
+    cur.execute("CREATE SCHEMA IF NOT EXISTS ops")
+    cur.adbc_ingest("ingested", pa.table({"x": list(range(70))}), mode="create", db_schema_name="ops")
+    cur.execute("SELECT protocol, statement_kind, state, rows FROM system.queries "
+                "WHERE query_text = 'INGEST create INTO ops.ingested'")
+    assert cur.fetchall() == [("flight_sql", "ingest", "succeeded", 70)]
+    conn.close()
+
+
 def test_health_and_readiness(tmp_path):
     """/readyz says 503 while the server is still loading (here: the demo data), then 200."""
     env = {"STREAMPULSE_ADMIN_PASSWORD": ADMIN_PASSWORD, "STREAMPULSE_LOG": "warn"}

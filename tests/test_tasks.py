@@ -318,3 +318,65 @@ def test_pipeline_tasks_backfill_equals_manual_runs(tmp_path):
         assert bad.returncode == 1 and "has no parameter 'month'" in bad.stderr, bad.stderr
     finally:
         s.stop()
+
+
+def test_catchup_after_downtime_and_nothing_while_suspended(tmp_path):
+    """Slots missed while no server ran follow CATCHUP (ALL with a cap, LATEST, NONE); slots that
+    passed while a task was suspended never run."""
+    wh = str(tmp_path / "wh")
+    server = Server(wh, log_path=str(tmp_path / "server.log")).start()
+    conn = adbc_connect(server.uri)
+    for name, catchup in (("c.all", "ALL MAX_CATCHUP_RUNS = 2"), ("c.latest", "LATEST"), ("c.none", "NONE")):
+        if name == "c.all":
+            run(conn, "CREATE SCHEMA c")
+        run(conn, f"CREATE TASK {name} SCHEDULE = '2 SECONDS' CATCHUP = {catchup} AS $$ SELECT 1 $$")
+        run(conn, f"ALTER TASK {name} RESUME")
+    run(conn, "CREATE TASK c.paused SCHEDULE = '1 SECONDS' AS $$ SELECT 1 $$")
+    run(conn, "ALTER TASK c.paused RESUME")
+    wait_for("a first run of each", lambda: all(
+        any(r["state"] == "succeeded" for r in runs_of(conn, t)) for t in ("c.all", "c.latest", "c.none", "c.paused")))
+    run(conn, "ALTER TASK c.paused SUSPEND")
+    conn.close()
+    server.stop()
+    time.sleep(9)  # ~4 slots of each 2-second task pass with no server
+    server = Server(wh, log_path=str(tmp_path / "server.log")).start()
+    conn = adbc_connect(server.uri)
+    try:
+        time.sleep(5)
+        run(conn, "ALTER TASK c.paused RESUME")
+        for t in ("c.all", "c.latest", "c.none"):
+            run(conn, f"ALTER TASK {t} SUSPEND")
+        time.sleep(2)
+        caught = {t: [r["scheduled_time"] for r in runs_of(conn, t) if r["trigger"] == "catchup"]
+                  for t in ("c.all", "c.latest", "c.none", "c.paused")}
+        assert len(caught["c.all"]) == 2 and len(caught["c.latest"]) == 1 and caught["c.none"] == [], caught
+        # ALL keeps the newest MAX_CATCHUP_RUNS missed slots, run oldest first, two seconds apart.
+        assert (caught["c.all"][1] - caught["c.all"][0]).total_seconds() == 2
+        # Suspended for ~15 s: on RESUME no slot of that time runs, catch-up or not.
+        assert caught["c.paused"] == []
+        paused = runs_of(conn, "c.paused")
+        resumed_at = rows(conn, "SELECT updated_at FROM system.tasks WHERE name = 'c.paused'")[0][0]
+        gap = [r for r in paused if r["trigger"] != "catchup"]
+        assert all(r["scheduled_time"] > resumed_at or r["started_at"] < resumed_at for r in gap)
+    finally:
+        conn.close()
+        server.stop()
+
+
+def test_history_older_than_the_retention_is_rolled_into_a_table(tmp_path):
+    server = Server(str(tmp_path / "wh"), extra_args=["--run-history-retention", "3s"],
+                    log_path=str(tmp_path / "server.log")).start()
+    conn = adbc_connect(server.uri)
+    try:
+        run(conn, "CREATE SCHEMA h")
+        run(conn, "CREATE TASK h.tick SCHEDULE = '1 SECONDS' AS $$ SELECT 1 $$")
+        run(conn, "ALTER TASK h.tick RESUME")
+        wait_for("rolled-up runs", lambda: rows(conn, "SELECT count(*) FROM system.run_history")[0][0] >= 3)
+        run(conn, "ALTER TASK h.tick SUSPEND")
+        old = rows(conn, "SELECT run_id, task, state, completed_at FROM system.run_history")
+        recent = {r[0] for r in rows(conn, "SELECT run_id FROM system.runs")}
+        assert all(r[1] == "h.tick" and r[2] == "succeeded" for r in old)
+        assert not recent & {r[0] for r in old}, "a run is in the journal or in the history, not both"
+    finally:
+        conn.close()
+        server.stop()

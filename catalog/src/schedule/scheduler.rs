@@ -47,9 +47,6 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// Slots that passed this long before the scheduler started count as missed.
-const STARTUP_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
-
 /// One thing to start.
 struct Work {
     slot: DateTime<Utc>,
@@ -80,7 +77,11 @@ pub async fn run(engine: Engine, config: SchedulerConfig, stop: CancellationToke
         tasks.recovered.store(true, Ordering::Relaxed);
         handles.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
         let now = Utc::now();
-        if last_prune.is_none_or(|t| now - t > chrono::TimeDelta::hours(1)) {
+        // Hourly, or as often as the retention is long when it is shorter.
+        let every = chrono::TimeDelta::from_std(config.retention)
+            .unwrap_or(chrono::TimeDelta::hours(1))
+            .min(chrono::TimeDelta::hours(1));
+        if last_prune.is_none_or(|t| now - t > every) {
             last_prune = Some(now);
             prune(&engine, &config, now).await;
         }
@@ -98,16 +99,31 @@ pub async fn run(engine: Engine, config: SchedulerConfig, stop: CancellationToke
     info!("scheduler stopped");
 }
 
+/// Roll attempts that ended before the retention into `system.run_history`, then delete them
+/// from the journal. Appended first, deleted after: a crash in between repeats those rows in
+/// the history at the next pass, it never loses them.
 async fn prune(engine: &Engine, config: &SchedulerConfig, now: DateTime<Utc>) {
     let Ok(retention) = chrono::TimeDelta::from_std(config.retention) else { return };
-    let journal = engine.tasks().journal();
-    match journal.list(None).await {
-        Ok(entries) => match journal.prune(&entries, now - retention).await {
-            Ok(0) => {}
-            Ok(n) => info!(attempts = n, "pruned run history older than the retention"),
-            Err(e) => warn!(error = %e, "cannot prune run history"),
-        },
-        Err(e) => warn!(error = %e, "cannot list run history"),
+    let cutoff = now - retention;
+    let tasks = engine.tasks();
+    let result: Result<usize> = async {
+        let entries = tasks.journal().list(None).await?;
+        let expired: Vec<RunEntry> = entries
+            .into_iter()
+            .filter(|e| e.done.as_deref().and_then(|d| parse_timestamp(&d.completed_at)).is_some_and(|t| t < cutoff))
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let batch = crate::system::tasks::runs_batch(tasks, &expired)?;
+        crate::system::tasks::append_history(engine.warehouse(), batch).await?;
+        tasks.journal().prune(&expired, cutoff).await
+    }
+    .await;
+    match result {
+        Ok(0) => {}
+        Ok(n) => info!(attempts = n, "rolled run history older than the retention into system.run_history"),
+        Err(e) => warn!(error = %e, "cannot roll up run history"),
     }
 }
 
@@ -285,7 +301,7 @@ fn next_slot(
     }
     let schedule: super::Schedule = task.schedule.as_deref().unwrap_or_default().parse()?;
     let due = schedule.slots(floor, now, 100_000);
-    let (missed, live): (Vec<_>, Vec<_>) = due.into_iter().partition(|s| *s < started - STARTUP_GRACE);
+    let (missed, live): (Vec<_>, Vec<_>) = due.into_iter().partition(|s| *s < started);
     let catch_up: Option<DateTime<Utc>> = match task.catchup.as_str() {
         "all" => {
             let keep = task.max_catchup_runs.max(1) as usize;

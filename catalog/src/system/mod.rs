@@ -1,7 +1,7 @@
 //! The reserved `system` schema: tables that show the process's own state, snapshotted on
 //! every scan: `system.queries` ([`queries`], this process's recent statements) and the
-//! scheduler's `system.tasks` and `system.runs` ([`tasks`], from the catalog and the run
-//! journal, so every server shows the same). No user schema may be called `system`.
+//! scheduler's `system.tasks`, `system.runs` and `system.run_history` ([`tasks`], from the
+//! catalog, the run journal and the rolled-up history, so every server shows the same). No user schema may be called `system`.
 
 pub mod queries;
 pub mod tasks;
@@ -22,7 +22,7 @@ use crate::schedule::Tasks;
 pub const SYSTEM_SCHEMA: &str = "system";
 
 /// The tables of the `system` schema.
-pub const SYSTEM_TABLES: [&str; 3] = ["queries", "runs", "tasks"];
+pub const SYSTEM_TABLES: [&str; 4] = ["queries", "run_history", "runs", "tasks"];
 
 /// DataFusion's view of the `system` schema.
 #[derive(Debug)]
@@ -57,6 +57,7 @@ impl SchemaProvider for SystemSchema {
                 let runs = self.tasks.journal().list(None).await.map_err(df)?;
                 table(tasks::tasks_batch(&catalog, &runs).map_err(df)?)
             }
+            "run_history" => Ok(Some(tasks::history_provider(self.catalog.warehouse()).await.map_err(df)?)),
             "runs" => {
                 let runs = self.tasks.journal().list(None).await.map_err(df)?;
                 table(tasks::runs_batch(&self.tasks, &runs).map_err(df)?)

@@ -288,8 +288,29 @@ impl QueryHandle {
                 r.error_message = Some(message);
             }
         });
-        if let (Some(listener), Ok(r)) = (self.log.listener.get(), self.record.lock()) {
-            listener(&r);
+        if let Ok(r) = self.record.lock() {
+            // The one log line per finished statement, whatever the protocol.
+            tracing::info!(
+                query_id = %r.query_id,
+                user = %r.user,
+                protocol = r.protocol,
+                kind = %r.kind,
+                state = r.state.as_str(),
+                duration_ms = r.end.and_then(|e| e.duration_since(r.start).ok()).map_or(0, |d| d.as_millis() as u64),
+                queue_wait_ms = r.queue_wait.map_or(0, |d| d.as_millis() as u64),
+                rows = r.rows.unwrap_or(0),
+                peak_memory = r.stats.peak_memory,
+                spilled_bytes = r.stats.spilled_bytes,
+                error_code = r.error_code.as_deref().unwrap_or(""),
+                error = r.error_message.as_deref().unwrap_or(""),
+                task = r.task.as_deref().unwrap_or(""),
+                run_id = r.run_id.as_deref().unwrap_or(""),
+                sql = %crate::sql::runner::abbreviate(&r.text),
+                "query finished"
+            );
+            if let Some(listener) = self.log.listener.get() {
+                listener(&r);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `system.tasks` (definitions from the catalog, with what the journal says about them) and
+//! `system.tasks` (definitions from the catalog, with what the journal says about them),
 //! `system.runs` (every attempt in the journal, newest first; running ones with their live
-//! progress when they run in this process).
+//! progress when they run in this process) and `system.run_history` (attempts older than the
+//! retention, rolled out of the journal into a Delta table in `_run_history/`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::schedule::journal::parse_timestamp;
 use crate::schedule::statements::format_params;
 use crate::schedule::{RunEntry, Schedule, Tasks, summarise};
+use crate::storage::Warehouse;
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -207,4 +209,38 @@ pub fn runs_batch(tasks: &Tasks, runs: &[RunEntry]) -> Result<RecordBatch> {
             ),
         ];
     RecordBatch::try_new(runs_schema(), columns).map_err(|e| Error::internal(format!("system.runs: {e}")))
+}
+
+/// Where attempts go once they are older than the retention: a Delta table (not in the catalog).
+pub const RUN_HISTORY_LOCATION: &str = "_run_history";
+
+/// Append `batch` (rows of [`runs_schema`]) to the run history table, creating it when new.
+pub async fn append_history(warehouse: &Warehouse, batch: RecordBatch) -> Result<()> {
+    let schema = crate::delta::delta_compatible_schema(&batch.schema());
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let batch = RecordBatch::try_new(schema, columns)?;
+    let url = warehouse.url(RUN_HISTORY_LOCATION)?;
+    // deltalake opens a local table only in an existing folder (S3 has no folders).
+    if let Ok(dir) = url.to_file_path() {
+        std::fs::create_dir_all(&dir)?;
+    }
+    let table = deltalake::DeltaTable::try_from_url_with_storage_options(url, warehouse.storage_options()).await?;
+    table.write(vec![batch]).with_save_mode(deltalake::protocol::SaveMode::Append).await?;
+    Ok(())
+}
+
+/// `system.run_history`: the rolled-up attempts, or none yet.
+pub async fn history_provider(warehouse: &Warehouse) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    let log = warehouse.path(&format!("{RUN_HISTORY_LOCATION}/_delta_log"));
+    let mut listing = warehouse.store().list(Some(&log));
+    if futures::StreamExt::next(&mut listing).await.is_none() {
+        let schema = crate::delta::delta_compatible_schema(&runs_schema());
+        return Ok(Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![]])?));
+    }
+    Ok(crate::delta::open_table(warehouse, RUN_HISTORY_LOCATION).await?.table_provider().await?)
 }

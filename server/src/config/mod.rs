@@ -101,7 +101,7 @@ pub struct ServerArgs {
     /// Run no task scheduler in this server (tasks still run with EXECUTE TASK); several servers on one warehouse may all schedule: each run happens once
     #[arg(long, env = "STREAMPULSE_NO_SCHEDULER")]
     pub no_scheduler: bool,
-    /// How long task run history (system.runs) is kept in the warehouse's _runs/ journal
+    /// How long task runs stay in system.runs (the warehouse's _runs/ journal, by when they ended); older ones move to the Delta table behind system.run_history
     #[arg(long, env = "STREAMPULSE_RUN_HISTORY_RETENTION", default_value = "30days")]
     pub run_history_retention: humantime::Duration,
 }

@@ -17,9 +17,37 @@ use super::StreamPulseFlightSql;
 use crate::auth::Principal;
 
 impl StreamPulseFlightSql {
+    /// Bulk ingest, recorded in system.queries as `INGEST <mode> INTO <table>` (kind `ingest`).
     pub(crate) async fn ingest(
         &self,
         principal: &Principal,
+        cmd: CommandStatementIngest,
+        stream: PeekableFlightDataStream,
+    ) -> Result<i64> {
+        let table = match cmd.schema.as_deref().filter(|s| !s.is_empty()) {
+            Some(schema) => format!("{schema}.{}", cmd.table),
+            None => cmd.table.clone(),
+        };
+        let log = self.engine.query_log().start(
+            &principal.user,
+            PROTOCOL,
+            &format!("INGEST {} INTO {table}", load_mode(&cmd).as_str()),
+        );
+        log.planned("ingest");
+        let session = self.engine.session().for_user(&principal.user, PROTOCOL);
+        let result = self.ingest_into(principal, &session, &log, cmd, stream).await;
+        match &result {
+            Ok(rows) => log.finish(Some(*rows as u64), session.stats(), None),
+            Err(e) => log.finish(None, session.stats(), Some(super::statements::error_of(e))),
+        }
+        result
+    }
+
+    async fn ingest_into(
+        &self,
+        principal: &Principal,
+        session: &streampulse_engine::Session,
+        log: &streampulse_engine::QueryHandle,
         cmd: CommandStatementIngest,
         stream: PeekableFlightDataStream,
     ) -> Result<i64> {
@@ -38,8 +66,9 @@ impl StreamPulseFlightSql {
             None => TableReference::bare(cmd.table.as_str()),
         };
         let mode = load_mode(&cmd);
-        let session = self.engine.session().for_user(&principal.user, PROTOCOL);
+        let waiting = std::time::Instant::now();
         let _permit = self.admission.admit().await?;
+        log.admitted(waiting.elapsed());
         // The schema comes with the first message, so read that one before building the stream.
         let mut batches = FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from));
         let bad_data = |e: FlightError| DataFusionError::Execution(format!("bad ingest data: {e}"));
@@ -51,7 +80,7 @@ impl StreamPulseFlightSql {
         };
         let rest = futures::stream::iter(first.map(Ok)).chain(batches.map(move |b| b.map_err(bad_data)));
         let input = Box::pin(RecordBatchStreamAdapter::new(schema, rest));
-        let rows = self.engine.bulk_load(&session, &target, input, mode).await?;
+        let rows = self.engine.bulk_load(session, &target, input, mode).await?;
         info!(user = %principal.user, table = %target, rows, mode = mode.as_str(), "ingest done");
         Ok(rows as i64)
     }

@@ -126,7 +126,7 @@ impl StreamPulseFlightSql {
             Err(e) => log.finish(None, stats, Some(error_of(e))),
         }
         let count = result?;
-        info!(
+        debug!(
             user = %principal.user,
             sql,
             rows = count.unwrap_or(0),
@@ -160,7 +160,7 @@ impl StreamPulseFlightSql {
             Ok(runs) => log.finish(runs.as_ref().map(|b| b.num_rows() as u64), stats, None),
             Err(e) => log.finish(None, stats, Some(error_of(e))),
         }
-        info!(user = %principal.user, sql, ok = result.is_ok(), "task statement executed");
+        debug!(user = %principal.user, sql, ok = result.is_ok(), "task statement executed");
         Ok(result?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(Schema::empty()))))
     }
 

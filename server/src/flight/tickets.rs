@@ -20,7 +20,7 @@ use futures::Stream;
 use streampulse_engine::{Error, QueryHandle, Result, Session};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::status::{code_name, flight_error};
 
@@ -168,8 +168,8 @@ impl Drop for RunningGuard {
             };
             log.finish(Some(self.rows), stats, error.as_ref().map(|(c, m)| (*c, m.clone())));
         }
-        let outcome = if self.completed { "query finished" } else { "query stopped before its end" };
-        info!(
+        let outcome = if self.completed { "ticket finished" } else { "ticket stopped before its end" };
+        debug!(
             ticket = %self.id,
             rows = self.rows,
             peak_memory = stats.peak_memory,
