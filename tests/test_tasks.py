@@ -200,6 +200,8 @@ def test_task_statement_errors_are_clear(served):
         ("CREATE TASK t.x AS $$ SELECT 1 $$", "needs SCHEDULE"),
         ("CREATE TASK t.x AFTER t.nothing AS $$ SELECT 1 $$", "not found"),
         ("CREATE TASK t.x SCHEDULE = '1 HOURS' AS $$ SELECT '${run_date}' $$", "declare it with PARAMS"),
+        ("CREATE TASK t.x SCHEDULE = '1 HOURS' PARAMS (d = scheduled_time) AS $$ SELECT '${d}', '${e}' $$",
+         "uses ${e}: declare it with PARAMS"),
         ("CREATE TASK t.x SCHEDULE = '1 HOURS' PARAMS (d = no_such_fn(scheduled_time)) AS $$ SELECT 1 $$",
          "no_such_fn"),
         ("CREATE TASK nowhere.x SCHEDULE = '1 HOURS' AS $$ SELECT 1 $$", "not found"),

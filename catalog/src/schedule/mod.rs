@@ -260,6 +260,15 @@ pub fn summarise(runs: &[&RunEntry]) -> TaskSummary {
     s
 }
 
+/// When the next attempt of a scheduled run of `task` is due after attempt `attempt` failed at
+/// `failed_at`: `RETRY_DELAY`, doubled per attempt (at most a day); `None` when none is left.
+pub fn next_retry(task: &TaskEntry, attempt: u32, failed_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (attempt <= task.retries).then(|| {
+        let delay = task.retry_delay_secs.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(86_400);
+        failed_at + chrono::TimeDelta::seconds(delay as i64)
+    })
+}
+
 /// The schedule a task runs on: its own, or (for `AFTER` tasks) its first upstream's, followed
 /// up the graph.
 pub fn effective_schedule(catalog: &CatalogState, name: &str) -> crate::error::Result<Schedule> {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::journal::{AttemptKey, Claim, Done, RunState, SCHEDULE_SERIES, Trigger, timestamp};
-use super::{HEARTBEAT, RunEvent, summarise};
+use super::{HEARTBEAT, RunEvent, next_retry, summarise};
 use crate::catalog::TaskEntry;
 use crate::error::{Error, Result};
 use crate::session::Engine;
@@ -166,7 +166,7 @@ impl Engine {
         params.push(("scheduled_time".into(), slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
         params.push(("task".into(), task.to_string()));
         params.push(("run_id".into(), run_id.to_string()));
-        if let Some(start) = entry.body.find("${") {
+        for (start, _) in entry.body.match_indices("${") {
             let name: String = entry.body[start + 2..].chars().take_while(|c| *c != '}').collect();
             if !params.iter().any(|(p, _)| *p == name) {
                 return Err(Error::invalid(format!(
@@ -224,9 +224,8 @@ impl Engine {
         let failed = matches!(done.state, Some(RunState::Failed | RunState::TimedOut));
         let completed = Utc::now();
         done.completed_at = timestamp(completed);
-        if failed && key.scheduled() && req.attempt <= req.entry.retries {
-            let delay = req.entry.retry_delay_secs.saturating_mul(1 << (req.attempt - 1).min(16)).min(86_400);
-            done.next_retry_at = Some(timestamp(completed + chrono::Duration::seconds(delay as i64)));
+        if failed && key.scheduled() {
+            done.next_retry_at = next_retry(&req.entry, req.attempt, completed).map(timestamp);
         }
         if !tasks.journal().finish(&key, &done).await? {
             warn!(task = %req.task, run_id = %req.run_id, "the run was declared dead while it ran; its verdict stays");

@@ -156,10 +156,8 @@ async fn tick(
         };
         if let Some(t) = task
             && e.key.scheduled()
-            && e.key.attempt <= t.retries
         {
-            let delay = t.retry_delay_secs.saturating_mul(1 << (e.key.attempt - 1).min(16)).min(86_400);
-            done.next_retry_at = Some(timestamp(now + chrono::TimeDelta::seconds(delay as i64)));
+            done.next_retry_at = super::next_retry(t, e.key.attempt, now).map(timestamp);
         }
         if tasks.journal().finish(&e.key, &done).await? {
             warn!(task = %e.key.task, run_id = %e.claim.run_id, node = %e.claim.node, "run marked failed: server stopped during run");
