@@ -68,6 +68,7 @@ def test_tasks_sql_bodies_are_the_pipeline_scripts():
     expected = {
         "music.daily_play_counts": "a_daily_play_counts.sql",
         "music.recommendations": "b_recommendations.sql",
+        "music.song_metadata_sync": "c_metadata_sync.sql",
         "music.royalties": "d_royalties.sql",
         "music.experiment_results": "e_ab_analytics.sql",
     }

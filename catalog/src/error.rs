@@ -69,6 +69,10 @@ pub enum Error {
     #[error("warehouse storage: {0}")]
     Storage(#[source] StorageError),
 
+    /// An outside source (an HTTP API) could not deliver all of its data.
+    #[error("{0}")]
+    Source(String),
+
     /// Stored state could not be decoded: a bug or a hand-edited file.
     #[error("{path} is corrupt: {detail}")]
     Corrupt {
@@ -219,6 +223,7 @@ impl Error {
             Error::Storage(StorageError::ObjectStore(e)) => object_store_kind(e),
             Error::Storage(StorageError::Delta(e)) => delta_kind(e),
             Error::Storage(StorageError::Io(e)) => io_kind(e),
+            Error::Source(_) => ErrorKind::Storage,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Engine(e) => datafusion_kind(e),
@@ -229,7 +234,9 @@ impl Error {
     /// exhausted resources, which StreamPulse setting to raise.
     pub fn user_message(&self) -> String {
         let text = self.to_string();
-        let text = text.split("\n\nbacktrace").next().unwrap_or(&text).trim().to_string();
+        let text = text.split("\n\nbacktrace").next().unwrap_or(&text).trim();
+        // DataFusion's wrapper of our own errors adds nothing a user needs.
+        let text = text.strip_prefix("External error: ").unwrap_or(text).to_string();
         if self.kind() == ErrorKind::ResourcesExhausted { explain_resources(&text) } else { text }
     }
 

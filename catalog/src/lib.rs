@@ -10,7 +10,8 @@
 //! | [`session`] | the engine builder, per-query memory pools, session statistics |
 //! | [`sql`] | statement splitting, `${param}`s, planning, **the one script runner** |
 //! | [`ddl`] | CREATE / DROP of schemas, managed and external tables, views |
-//! | [`dml`] | INSERT OVERWRITE, UPDATE / DELETE, bulk load |
+//! | [`dml`] | INSERT OVERWRITE, UPDATE / DELETE, MERGE INTO, bulk load |
+//! | [`sources`] | data that is not files: `STORED AS JSON_API` (paged HTTP APIs) and its allow-list |
 //! | [`delta`] | Delta tables: opening, types, staging files, creating and removing folders |
 //! | [`storage`] | where the warehouse lives (local or S3) and how to reach it |
 //! | [`schedule`] | tasks: schedules, the task statements, runs, the journal, the scheduler |
@@ -28,6 +29,7 @@ pub mod dml;
 pub mod error;
 pub mod schedule;
 pub mod session;
+pub mod sources;
 pub mod sql;
 pub mod storage;
 pub mod system;

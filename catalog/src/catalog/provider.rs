@@ -118,7 +118,7 @@ pub(crate) async fn external_table_provider(
 ) -> Result<Arc<dyn TableProvider>> {
     let file_type = cmd.file_type.to_uppercase();
     let factory = state.table_factories().get(file_type.as_str()).ok_or_else(|| {
-        Error::invalid(format!("unknown file format '{}': use PARQUET, CSV, JSON or AVRO", cmd.file_type))
+        Error::invalid(format!("unknown file format '{}': use PARQUET, CSV, JSON, AVRO or JSON_API", cmd.file_type))
     })?;
     Ok(factory.create(state, cmd).await?)
 }

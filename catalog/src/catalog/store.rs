@@ -115,6 +115,11 @@ impl CatalogStore {
             let base = self.refresh().await?;
             let mut next = (*base).clone();
             change(&mut next)?;
+            // A change that changes nothing (a rerun's CREATE OR REPLACE of the same
+            // definition) makes no new catalog version.
+            if next == *base {
+                return Ok(base);
+            }
             next.version = base.version + 1;
             let body = serde_json::to_vec_pretty(&next)
                 .map_err(|e| Error::internal(format!("cannot encode catalog version {}: {e}", next.version)))?;

@@ -1,10 +1,12 @@
 //! Changing data: [`insert_overwrite`] (dynamic partition overwrite), [`update_delete`]
-//! (deltalake's UPDATE and DELETE) and [`bulk_load`] (a client's upload, Flight SQL ingest).
+//! (deltalake's UPDATE and DELETE), [`merge`] (MERGE INTO, deltalake's merge) and
+//! [`bulk_load`] (a client's upload, Flight SQL ingest).
 //! A plain `INSERT INTO` runs on DataFusion with the Delta table provider, whose sink commits
 //! once at the end, so a failed INSERT leaves the table exactly as it was.
 
 pub mod bulk_load;
 pub mod insert_overwrite;
+pub mod merge;
 pub mod update_delete;
 
 use std::sync::Arc;
@@ -22,6 +24,9 @@ impl Engine {
     /// Run a DML plan to the end and return the number of rows it changed.
     pub async fn run_dml(&self, session: &Session, plan: LogicalPlan) -> Result<u64> {
         if let LogicalPlan::Dml(dml) = &plan {
+            if let WriteOp::MergeInto(op) = &dml.op {
+                return self.merge_into(session, dml, op).await;
+            }
             if matches!(dml.op, WriteOp::Delete | WriteOp::Update) {
                 return self.update_or_delete(session, dml).await;
             }

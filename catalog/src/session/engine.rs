@@ -26,6 +26,8 @@ use crate::catalog::provider::{Shared, WarehouseCatalog};
 use crate::catalog::{CATALOG_NAME, CatalogState, CatalogStore, DEFAULT_SCHEMA};
 use crate::error::{Error, Result};
 use crate::schedule::Tasks;
+use crate::sources::json_api::FILE_TYPE as JSON_API;
+use crate::sources::{HttpPolicy, JsonApiFactory};
 use crate::storage::{S3Config, Warehouse};
 use crate::system::{QueryLog, SystemSchema};
 
@@ -51,6 +53,8 @@ pub struct EngineConfig {
     pub target_partitions: Option<usize>,
     /// Statements `system.queries` keeps.
     pub query_log_size: usize,
+    /// URL prefixes `STORED AS JSON_API` tables may fetch; empty turns HTTP sources off.
+    pub http_allow: Vec<String>,
 }
 
 impl EngineConfig {
@@ -66,6 +70,7 @@ impl EngineConfig {
             spill_compression: None,
             query_log_size: 1000,
             target_partitions: None,
+            http_allow: Vec::new(),
         }
     }
 }
@@ -105,6 +110,7 @@ impl Engine {
     /// Build the engine over the warehouse described by `config`.
     pub async fn open(config: EngineConfig) -> Result<Self> {
         let warehouse = Warehouse::open(&config.warehouse, config.s3.clone())?;
+        let http_policy = Arc::new(HttpPolicy::new(&config.http_allow)?);
         let store = Arc::new(CatalogStore::open(warehouse.clone()).await?);
 
         let top_consumers = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
@@ -163,6 +169,7 @@ impl Engine {
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_table_factory(JSON_API.to_string(), Arc::new(JsonApiFactory::new(http_policy)))
             .with_physical_optimizer_rules(rules)
             .with_catalog_list(catalogs)
             .build();

@@ -108,6 +108,12 @@ impl Planned {
         }
     }
 
+    /// Whether running it fetches from an HTTP source (a `JSON_API` table, also through a
+    /// view): a privilege, like writing.
+    pub fn reads_network(&self) -> bool {
+        self.logical_plan().is_some_and(crate::sources::reads_network)
+    }
+
     /// The logical plan, for queries, DML and session statements.
     pub fn logical_plan(&self) -> Option<&LogicalPlan> {
         match self {
@@ -153,6 +159,7 @@ impl Engine {
         let sql = sql.to_string();
         let (statement, partition_columns) = take_partition_columns(statement)?;
         reject_runtime_settings(&statement)?;
+        reject_distinct_from_precedence(&statement)?;
         let state = session.ctx().state();
         let references = state.resolve_table_references(&statement)?;
         let created = created_name(&statement);
@@ -252,6 +259,33 @@ fn take_partition_columns(statement: DFStatement) -> Result<(DFStatement, Vec<St
         ct.hive_distribution = HiveDistributionStyle::NONE;
     }
     Ok((DFStatement::Statement(inner), columns))
+}
+
+/// sqlparser 0.62 parses the right side of `IS [NOT] DISTINCT FROM` as a whole expression, so
+/// `a IS DISTINCT FROM b OR c` means `a IS DISTINCT FROM (b OR c)` (fixed upstream in
+/// datafusion-sqlparser-rs#2436, after 0.62). A result silently different from what every
+/// other database gives is refused instead, naming the fix. Written parentheses are kept by
+/// the parser, so `a IS DISTINCT FROM (b OR c)`, meant as such, still runs.
+fn reject_distinct_from_precedence(statement: &DFStatement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SqlExpr, visit_expressions};
+    let DFStatement::Statement(s) = statement else {
+        return Ok(());
+    };
+    let found = visit_expressions(s.as_ref(), |e| {
+        if let SqlExpr::IsDistinctFrom(_, right) | SqlExpr::IsNotDistinctFrom(_, right) = e
+            && let SqlExpr::BinaryOp { op: BinaryOperator::And | BinaryOperator::Or | BinaryOperator::Xor, .. } =
+                right.as_ref()
+        {
+            return std::ops::ControlFlow::Break(e.to_string());
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    if let std::ops::ControlFlow::Break(text) = found {
+        return Err(Error::invalid(format!(
+            "ambiguous IS [NOT] DISTINCT FROM followed by AND/OR: `{text}` would be read as `... IS DISTINCT FROM              (... AND/OR ...)` by this SQL parser; put each comparison in parentheses, e.g.              `(a IS DISTINCT FROM b) OR (c IS DISTINCT FROM d)`"
+        )));
+    }
+    Ok(())
 }
 
 /// A session may not replace the engine's memory pool or spill settings (they would escape

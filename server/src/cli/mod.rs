@@ -1,11 +1,12 @@
 //! The `streampulse` command line, one file per subcommand: [`serve`], [`sql`], [`user`],
-//! [`task`], [`datagen`], plus `functions` and `config-reference` (printed references).
+//! [`task`], [`datagen`], [`mock_api`], plus `functions` and `config-reference` (printed references).
 //!
 //! Each command resolves its settings ([`crate::config`]: flags, env vars, the TOML file,
 //! defaults), builds the one engine, and hands it to the server or to the core's script runner.
 //! Exit codes: 0 done, 1 the work failed, 2 the command line or configuration is wrong.
 
 pub mod datagen;
+pub mod mock_api;
 pub mod serve;
 pub mod sql;
 pub mod task;
@@ -43,6 +44,8 @@ enum Command {
     ConfigReference,
     /// Generate the StreamPulse dataset (plays, users, songs, ...) at a scale factor.
     Datagen(datagen::DatagenArgs),
+    /// Serve a mock of the song metadata API (pipeline C) from a datagen folder, with latency and faults.
+    MockApi(mock_api::MockApiArgs),
 }
 
 /// Why a command failed, which decides its exit code.
@@ -105,6 +108,7 @@ pub async fn run() -> ExitCode {
         Command::User(args) => user::run(args).await,
         Command::Task(args) => task::run(args).await,
         Command::Datagen(args) => datagen::run(args),
+        Command::MockApi(args) => mock_api::run(args).await,
         Command::Functions => {
             print!("{}", streampulse_udfs::reference_markdown());
             Ok(())

@@ -88,8 +88,17 @@ fn scalar(path: &Path, key: &str, value: toml::Value) -> Result<String, String> 
         toml::Value::Integer(i) => Ok(i.to_string()),
         toml::Value::Float(f) => Ok(f.to_string()),
         toml::Value::Boolean(b) => Ok(b.to_string()),
+        // Lists (`[http_sources] allow = ["https://a/", "https://b/"]`) become comma-separated.
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s),
+                other => Err(format!("config {}: {key} must list strings, got {}", path.display(), other.type_str())),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.join(",")),
         other => Err(format!(
-            "config {}: {key} must be a string, number or boolean, got {}",
+            "config {}: {key} must be a string, number, boolean or list of strings, got {}",
             path.display(),
             other.type_str()
         )),
@@ -117,7 +126,8 @@ mod tests {
         let path = dir.path().join("streampulse.toml");
         std::fs::write(
             &path,
-            "memory_limit = \"2GiB\"\nwarehouse = \"/tmp/wh\"\nlisten = \"0.0.0.0:1\"\n[s3]\nregion = \"eu\"\n",
+            "memory_limit = \"2GiB\"\nwarehouse = \"/tmp/wh\"\nlisten = \"0.0.0.0:1\"\n[s3]\nregion = \"eu\"\n\
+             [http_sources]\nallow = [\"http://a.example/v1/\", \"https://b.example/\"]\n",
         )
         .unwrap();
         let command = crate::cli::Cli::command();
@@ -133,6 +143,8 @@ mod tests {
         assert_eq!(m.get_one::<MemorySize>("memory_limit").unwrap().to_string(), "1GiB");
         assert_eq!(m.get_one::<String>("warehouse").unwrap(), "/tmp/wh");
         assert_eq!(m.get_one::<String>("s3_region").map(String::as_str), Some("eu"));
+        let allow: Vec<&String> = m.get_many::<String>("http_sources_allow").unwrap().collect();
+        assert_eq!(allow, ["http://a.example/v1/", "https://b.example/"]);
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct WarehouseArgs {
     /// warehouse on S3 without keys fails at once naming these settings [default: false]
     #[arg(long, global = true, env = "STREAMPULSE_S3_INSTANCE_CREDENTIALS")]
     pub s3_instance_credentials: Option<bool>,
+    /// URL prefixes that JSON_API tables may fetch, comma-separated (e.g. https://api.example.com/v1/; a list in the file); host names may not resolve to loopback or link-local addresses, an IP address listed here is allowed as written [default: none, HTTP sources off]
+    #[arg(long, global = true, env = "STREAMPULSE_HTTP_SOURCES_ALLOW", value_delimiter = ',')]
+    pub http_sources_allow: Vec<String>,
     /// Recent statements kept in system.queries (a ring buffer in memory)
     #[arg(long, global = true, env = "STREAMPULSE_QUERY_LOG_SIZE", default_value = "1000")]
     pub query_log_size: NonZeroUsize,
@@ -142,6 +145,7 @@ impl WarehouseArgs {
             spill_compression: Some(self.spill_compression.as_str().to_string()),
             target_partitions: self.target_partitions.map(NonZeroUsize::get),
             query_log_size: self.query_log_size.get(),
+            http_allow: self.http_sources_allow.clone(),
         })
     }
 }

@@ -44,6 +44,8 @@ pub fn markdown(command: &Command) -> String {
                 "–".to_string()
             } else if let Some(rest) = id.strip_prefix("s3_") {
                 format!("`[s3] {rest}`")
+            } else if let Some(rest) = id.strip_prefix("http_sources_") {
+                format!("`[http_sources] {rest}`")
             } else {
                 format!("`{id}`")
             };

@@ -263,12 +263,14 @@ pub(crate) fn batch_stream(batch: RecordBatch) -> DoGetStream {
 }
 
 /// Readers may run queries and session statements only; anything that writes, even wrapped in
-/// `EXPLAIN ANALYZE`, needs an admin.
+/// `EXPLAIN ANALYZE`, and anything that fetches from the network (a `JSON_API` table, also
+/// through a view) needs an admin.
 pub(crate) fn authorize(principal: &Principal, planned: &Planned) -> Result<()> {
     match planned.kind() {
         StatementKind::Ddl => principal.require_admin("change the catalog (CREATE, DROP)"),
         StatementKind::Task if planned.writes() => principal.require_admin("create, change or run tasks"),
-        _ if planned.writes() => principal.require_admin("change data (INSERT, COPY)"),
+        _ if planned.writes() => principal.require_admin("change data (INSERT, COPY, MERGE)"),
+        _ if planned.reads_network() => principal.require_admin("read HTTP sources (JSON_API tables)"),
         _ => Ok(()),
     }
 }
