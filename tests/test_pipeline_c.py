@@ -199,6 +199,24 @@ def test_faults_beyond_the_retry_budget_fail_naming_url_and_page_and_change_noth
     conn.close()
 
 
+def read_error(warehouse, allowed, location):
+    """The error of reading a one-column JSON_API table at `location` on a server allowing `allowed`."""
+    s = Server(str(warehouse), ["--http-sources-allow", f"{allowed}/"], log_path=str(warehouse) + ".log").start()
+    try:
+        c = adbc_connect(s.uri)
+        k = c.cursor()
+        k.execute("CREATE SCHEMA landing")
+        k.execute(f"CREATE EXTERNAL TABLE landing.t (song_id BIGINT) STORED AS JSON_API LOCATION '{location}' "
+                  "OPTIONS ('retries' '0')")
+        with pytest.raises(Error) as e:
+            k.execute("SELECT count(*) FROM landing.t")
+            k.fetchall()
+        c.close()
+        return str(e.value)
+    finally:
+        s.stop()
+
+
 def test_allow_list_redirects_and_local_names(served, mock, data, tmp_path):
     conn = adbc_connect(served.uri)
     cur = conn.cursor()
@@ -225,41 +243,18 @@ def test_allow_list_redirects_and_local_names(served, mock, data, tmp_path):
     # A redirect to a host the allow-list does not name is not followed.
     target = Mock(data)
     redirector = Mock(data, "--redirect-to", target.url)
-    s = Server(str(tmp_path / "wh"), ["--http-sources-allow", f"{redirector.url}/"],
-               log_path=str(tmp_path / "server.log")).start()
     try:
-        c = adbc_connect(s.uri)
-        k = c.cursor()
-        k.execute("CREATE SCHEMA landing")
-        k.execute(f"CREATE EXTERNAL TABLE landing.moved (song_id BIGINT) STORED AS JSON_API "
-                  f"LOCATION '{redirector.url}/moved/songs?page={{page}}' OPTIONS ('retries' '0')")
-        with pytest.raises(Error) as e:
-            k.execute("SELECT count(*) FROM landing.moved")
-            k.fetchall()
-        assert "redirect refused" in str(e.value), e.value
+        message = read_error(tmp_path / "wh", redirector.url, f"{redirector.url}/moved/songs?page={{page}}")
+        assert "redirect refused" in message, message
         assert target.get("/_mock/stats")["requests"] == 0
-        c.close()
     finally:
-        s.stop()
         redirector.stop()
         target.stop()
 
     # A host name that resolves to loopback is refused even when listed (DNS rebinding).
     local = mock.url.replace("127.0.0.1", "localhost")
-    s = Server(str(tmp_path / "wh2"), ["--http-sources-allow", f"{local}/"], log_path=str(tmp_path / "s2.log")).start()
-    try:
-        c = adbc_connect(s.uri)
-        k = c.cursor()
-        k.execute("CREATE SCHEMA landing")
-        k.execute(f"CREATE EXTERNAL TABLE landing.local (song_id BIGINT) STORED AS JSON_API "
-                  f"LOCATION '{local}/songs?page={{page}}' OPTIONS ('retries' '0')")
-        with pytest.raises(Error) as e:
-            k.execute("SELECT count(*) FROM landing.local")
-            k.fetchall()
-        assert "loopback" in str(e.value), e.value
-        c.close()
-    finally:
-        s.stop()
+    message = read_error(tmp_path / "wh2", local, f"{local}/songs?page={{page}}")
+    assert "loopback" in message, message
     conn.close()
 
 
