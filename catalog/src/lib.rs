@@ -18,8 +18,8 @@
 //! | [`system`] | the reserved `system` schema: `system.queries`, `system.tasks`, `system.runs` |
 //! | [`error`] | the one error type, by kind |
 //!
-//! Dependencies run one way: `error` ← `storage` ← `delta` ← `catalog` ← `session` ←
-//! `ddl`, `dml` ← `sql` ← `schedule`; `system` reads `session`'s statistics and the journal,
+//! Dependencies run one way: `error` ← `storage` ← `delta` ← `catalog` ← `sources` ←
+//! `session` ← `ddl`, `dml` ← `sql` ← `schedule`; `system` reads `session`'s statistics and the journal,
 //! and the engine owns the query log and the task runtime.
 
 pub mod catalog;

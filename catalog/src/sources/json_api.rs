@@ -435,12 +435,15 @@ impl Failure {
     }
 }
 
-/// Counters of one crawl, for the log line.
+/// Counters of one crawl, for the log lines.
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
     retries: AtomicU64,
     bytes: AtomicU64,
+    /// Pages fetched in the current crawl, and how many it has (0 while unknown).
+    pages: AtomicU64,
+    expected: AtomicU64,
 }
 
 /// What requests share: the client, the token, the pause a 429 imposes, the memory held.
@@ -450,6 +453,29 @@ struct Shared {
     paused_until: Mutex<Option<Instant>>,
     reservation: Mutex<MemoryReservation>,
     counters: Counters,
+    /// When progress was last logged: a long crawl says how far it is every few seconds.
+    reported: Mutex<Instant>,
+}
+
+impl Shared {
+    fn page_done(&self, url: &str) {
+        let c = &self.counters;
+        let pages = c.pages.fetch_add(1, Ordering::Relaxed) + 1;
+        let Ok(mut last) = self.reported.lock() else { return };
+        if last.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        *last = Instant::now();
+        let expected = c.expected.load(Ordering::Relaxed);
+        info!(
+            url = %url,
+            pages,
+            of = if expected > 0 { expected.to_string() } else { "?".to_string() },
+            retries = c.retries.load(Ordering::Relaxed),
+            bytes = c.bytes.load(Ordering::Relaxed),
+            "JSON_API progress"
+        );
+    }
 }
 
 impl Fetch {
@@ -470,6 +496,7 @@ impl Fetch {
             paused_until: Mutex::new(None),
             reservation: Mutex::new(reservation),
             counters: Counters::default(),
+            reported: Mutex::new(Instant::now()),
         };
         let deadline = self.options.deadline;
         let mut crawl = 0;
@@ -518,6 +545,8 @@ impl Fetch {
 
     /// One crawl: `Ok(Err(reason))` when the pages arrived but disagree.
     async fn crawl(&self, shared: &Shared) -> Result<std::result::Result<Vec<Page>, String>> {
+        shared.counters.pages.store(0, Ordering::Relaxed);
+        shared.counters.expected.store(0, Ordering::Relaxed);
         let pages = match self.options.pagination {
             Pagination::Page => self.crawl_pages(shared).await?,
             Pagination::Cursor => self.crawl_cursor(shared).await?,
@@ -537,6 +566,7 @@ impl Fetch {
         if per_page == 0 {
             return Ok(pages);
         }
+        shared.counters.expected.store(known_pages.unwrap_or(0), Ordering::Relaxed);
         if let Some(n) = known_pages {
             if n > self.options.max_pages {
                 return Err(self.too_many(n));
@@ -752,6 +782,7 @@ impl Fetch {
         let value: Value =
             serde_json::from_slice(&bytes).map_err(|e| Failure::retry(format!("the body is not valid JSON: {e}")))?;
         let page = self.decode(&bytes, &value, number).map_err(Failure::retry)?;
+        shared.page_done(&self.template);
         let size = page.batch.get_array_memory_size();
         if let Ok(r) = shared.reservation.lock() {
             r.try_grow(size).map_err(|e| Failure::fatal(format!("the pages do not fit in the query's memory: {e}")))?;
