@@ -2,6 +2,7 @@
 """Pipeline C against the mock metadata API: ours beside the audit's sequential client and an
 aiohttp client (the audit's own recommendation), same pages, same concurrency, same run.
 
+    pip install aiohttp                                                              # the peer
     streampulse datagen --scale 1 --format parquet --event-days 0 --out /data/sf1   # 500 k songs
     python3 bench/metadata_sync.py --data /data/sf1 [--latency 50ms] [--page-size 1000]
                                    [--concurrency 32] [--faults 503:0.02,429:0.01] [--skip-sequential]
