@@ -15,11 +15,12 @@
 //! | [`delta`] | Delta tables: opening, types, staging files, creating and removing folders |
 //! | [`storage`] | where the warehouse lives (local or S3) and how to reach it |
 //! | [`schedule`] | tasks: schedules, the task statements, runs, the journal, the scheduler |
-//! | [`system`] | the reserved `system` schema: `system.queries`, `system.tasks`, `system.runs` |
+//! | [`ingest`] | `COPY INTO` and pipes: exactly-once loads of landing files, the ledger, maintenance |
+//! | [`system`] | the reserved `system` schema: queries, tasks, runs, copy history, load errors, pipes |
 //! | [`error`] | the one error type, by kind |
 //!
 //! Dependencies run one way: `error` ← `storage` ← `delta` ← `catalog` ← `sources` ←
-//! `session` ← `ddl`, `dml` ← `sql` ← `schedule`; `system` reads `session`'s statistics and the journal,
+//! `session` ← `ddl`, `dml`, `ingest` ← `sql` ← `schedule`; `system` reads `session`'s statistics and the journal,
 //! and the engine owns the query log and the task runtime.
 
 pub mod catalog;
@@ -27,6 +28,7 @@ pub mod ddl;
 pub mod delta;
 pub mod dml;
 pub mod error;
+pub mod ingest;
 pub mod schedule;
 pub mod session;
 pub mod sources;

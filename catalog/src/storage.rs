@@ -91,7 +91,7 @@ impl S3Config {
         )))
     }
 
-    fn build_store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    pub(crate) fn build_store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
         self.check_credentials(bucket)?;
         let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
         for (k, v) in self.options() {

@@ -2,7 +2,8 @@
 //! ([`crate::http`], up first so `/readyz` can say "not yet"), the engine, the first admin of a
 //! fresh warehouse, the optional demo data ([`crate::demo`]) and the Flight SQL service
 //! ([`crate::flight`]) on its listener, and the task scheduler
-//! (`streampulse_engine::schedule::scheduler`, unless `--no-scheduler`); background services
+//! (`streampulse_engine::schedule::scheduler`, unless `--no-scheduler`) and the pipe service
+//! (`streampulse_engine::ingest::pipes`, unless `--no-pipes`); background services
 //! are each started and stopped in this one place.
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use streampulse_engine::ingest::pipes::{self, PipeServiceConfig};
 use streampulse_engine::schedule::scheduler::{self, SchedulerConfig};
 
 use crate::admission::Admission;
@@ -39,6 +41,8 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
         engine.query_log().set_listener(move |r| metrics.record(r));
         let metrics_runs = http.metrics.clone();
         engine.tasks().set_listener(move |e| metrics_runs.record_run(e));
+        let metrics_loads = http.metrics.clone();
+        engine.ingest().set_listener(move |e| metrics_loads.record_load(e));
     }
     if let Some(generated) = auth::bootstrap_admin(engine.catalog(), &args.admin_user, args.admin_password).await? {
         println!(
@@ -83,6 +87,16 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
         engine.tasks().scheduler_starting();
         tokio::spawn(scheduler::run(engine.clone(), config, stop_scheduler.clone()))
     });
+    let stop_pipes = CancellationToken::new();
+    let pipes = (!args.no_pipes).then(|| {
+        let every: std::time::Duration = args.ingest_maintenance_interval.into();
+        let config = PipeServiceConfig {
+            max_files: args.pipe_max_files.get(),
+            max_bytes: args.pipe_max_bytes.0,
+            maintenance_interval: (!every.is_zero()).then_some(every),
+        };
+        tokio::spawn(pipes::run(engine.clone(), config, stop_pipes.clone()))
+    });
     let _ = http.engine.set(engine.clone());
     println!("StreamPulse Flight SQL listening on grpc://{bound}");
     let served = tonic::transport::Server::builder()
@@ -91,9 +105,14 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
         .await
         .map_err(|e| CliError::failed(format!("server failed: {e}")));
     // Runs in flight are cancelled and recorded as failed, to be retried by the next server.
+    // A pipe's batch in flight finishes (or, if the process dies, is redone by the next one).
     stop_scheduler.cancel();
+    stop_pipes.cancel();
     if let Some(s) = scheduler {
         let _ = s.await;
+    }
+    if let Some(p) = pipes {
+        let _ = p.await;
     }
     served?;
     info!("server stopped");

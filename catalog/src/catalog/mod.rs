@@ -6,7 +6,7 @@ pub mod provider;
 pub mod state;
 pub mod store;
 
-pub use state::{CatalogState, DEFAULT_SCHEMA, Role, SchemaEntry, TableEntry, TaskEntry, UserEntry};
+pub use state::{CatalogState, DEFAULT_SCHEMA, PipeEntry, Role, SchemaEntry, TableEntry, TaskEntry, UserEntry};
 pub use store::{CATALOG_DIR, CatalogStore};
 
 /// The name of the one catalog (Flight SQL "catalog", SQL `catalog.schema.table`).

@@ -23,6 +23,27 @@ pub struct CatalogState {
     /// Scheduled SQL scripts by `schema.name` (the scheduler interprets them).
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskEntry>,
+    /// Continuous loads by `schema.name` (the server's pipe service runs them).
+    #[serde(default)]
+    pub pipes: BTreeMap<String, PipeEntry>,
+}
+
+/// A pipe: a `COPY INTO` the server runs again and again, loading new files as they land.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PipeEntry {
+    /// The `COPY INTO ...` statement as written.
+    pub copy_sql: String,
+    /// Milliseconds between looks at the location when it has nothing new.
+    pub interval_ms: u64,
+    /// `running` or `paused`.
+    pub state: String,
+    /// Who created it; its batches run as this user.
+    pub owner: String,
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// RFC 3339 times.
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 /// A task: a SQL script the scheduler runs on a schedule or after other tasks.

@@ -91,7 +91,7 @@ impl Engine {
     }
 
     /// `schema.name` for a task name, defaulting the schema.
-    fn task_key(&self, session: &Session, name: &TaskName) -> String {
+    pub(crate) fn task_key(&self, session: &Session, name: &TaskName) -> String {
         let schema = name
             .schema
             .clone()

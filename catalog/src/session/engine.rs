@@ -25,6 +25,7 @@ use super::query::Session;
 use crate::catalog::provider::{Shared, WarehouseCatalog};
 use crate::catalog::{CATALOG_NAME, CatalogState, CatalogStore, DEFAULT_SCHEMA};
 use crate::error::{Error, Result};
+use crate::ingest::Ingest;
 use crate::schedule::Tasks;
 use crate::sources::json_api::FILE_TYPE as JSON_API;
 use crate::sources::{HttpPolicy, JsonApiFactory};
@@ -86,6 +87,7 @@ pub struct Engine {
     query_memory_limit: usize,
     query_log: Arc<QueryLog>,
     tasks: Arc<Tasks>,
+    ingest: Arc<Ingest>,
 }
 
 /// Batch size and sort merge reservation for a per-query cap. A plan registers dozens of
@@ -157,7 +159,8 @@ impl Engine {
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         let query_log = QueryLog::new(config.query_log_size);
         let tasks = Tasks::new(warehouse.clone());
-        let system = Arc::new(SystemSchema::new(query_log.clone(), tasks.clone(), store.clone()));
+        let ingest = Ingest::new(tasks.node().to_string());
+        let system = Arc::new(SystemSchema::new(query_log.clone(), tasks.clone(), store.clone(), ingest.clone()));
         catalogs.register_catalog(CATALOG_NAME.to_string(), Arc::new(WarehouseCatalog::new(shared.clone(), system)));
 
         // The default physical rules, with the memory-aware join choice right after DataFusion's
@@ -201,6 +204,7 @@ impl Engine {
             query_memory_limit,
             query_log,
             tasks,
+            ingest,
         })
     }
 
@@ -269,6 +273,11 @@ impl Engine {
     /// Tasks: the run journal, runs in flight here, the run listener.
     pub fn tasks(&self) -> &Arc<Tasks> {
         &self.tasks
+    }
+
+    /// Loads: ledgers in use, pipes running here, the load listener.
+    pub fn ingest(&self) -> &Arc<Ingest> {
+        &self.ingest
     }
 
     /// Catch up with catalog changes made by other processes.

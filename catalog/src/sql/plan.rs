@@ -21,6 +21,8 @@ use super::split::split_statements;
 use crate::catalog::CATALOG_NAME;
 use crate::ddl::Ddl;
 use crate::error::{Error, Result};
+use crate::ingest::pipes::SHOW_PIPES_SQL;
+use crate::ingest::{IngestStatement, parse_ingest_statement};
 use crate::schedule::statements::SHOW_TASKS_SQL;
 use crate::schedule::{TaskStatement, parse_task_statement};
 use crate::session::{Engine, Session};
@@ -58,6 +60,7 @@ impl StatementKind {
 pub enum Parsed {
     Sql(DFStatement),
     Task(TaskStatement),
+    Ingest(IngestStatement),
 }
 
 /// A planned statement, not yet run.
@@ -73,6 +76,8 @@ pub enum Planned {
     Session(LogicalPlan),
     /// CREATE / ALTER / DROP / EXECUTE TASK.
     Task(Box<TaskStatement>),
+    /// COPY INTO (DML) and CREATE / ALTER / DROP PIPE (DDL), with the statement's text.
+    Ingest(Box<IngestStatement>, String),
 }
 
 impl Planned {
@@ -84,6 +89,8 @@ impl Planned {
             Planned::Ddl(_) => StatementKind::Ddl,
             Planned::Session(_) => StatementKind::Session,
             Planned::Task(_) => StatementKind::Task,
+            Planned::Ingest(i, _) if matches!(i.as_ref(), IngestStatement::Copy(_)) => StatementKind::Dml,
+            Planned::Ingest(..) => StatementKind::Ddl,
         }
     }
 
@@ -93,6 +100,7 @@ impl Planned {
         match self {
             Planned::Ddl(_) | Planned::Dml(_) => true,
             Planned::Task(t) => t.writes(),
+            Planned::Ingest(i, _) => i.writes(),
             Planned::Session(_) => false,
             Planned::Query(plan) => {
                 let mut writes = false;
@@ -118,7 +126,7 @@ impl Planned {
     pub fn logical_plan(&self) -> Option<&LogicalPlan> {
         match self {
             Planned::Query(p) | Planned::Dml(p) | Planned::Session(p) => Some(p),
-            Planned::Ddl(_) | Planned::Task(_) => None,
+            Planned::Ddl(_) | Planned::Task(_) | Planned::Ingest(..) => None,
         }
     }
 }
@@ -135,6 +143,10 @@ impl Engine {
         for text in split_statements(sql)? {
             if let Some(task) = parse_task_statement(&text)? {
                 out.push((text, Parsed::Task(task)));
+                continue;
+            }
+            if let Some(ingest) = parse_ingest_statement(&text)? {
+                out.push((text, Parsed::Ingest(ingest)));
                 continue;
             }
             let mut parser = DFParserBuilder::new(text.as_str()).with_dialect(&GenericDialect {}).build()?;
@@ -154,6 +166,10 @@ impl Engine {
         let statement = match statement {
             Parsed::Task(TaskStatement::Show) => return Box::pin(self.plan_sql(session, SHOW_TASKS_SQL)).await,
             Parsed::Task(task) => return Ok(Planned::Task(Box::new(task))),
+            Parsed::Ingest(IngestStatement::ShowPipes) => {
+                return Box::pin(self.plan_sql(session, SHOW_PIPES_SQL)).await;
+            }
+            Parsed::Ingest(ingest) => return Ok(Planned::Ingest(Box::new(ingest), sql.to_string())),
             Parsed::Sql(statement) => statement,
         };
         let sql = sql.to_string();

@@ -69,6 +69,14 @@ impl std::error::Error for ScriptError {
     }
 }
 
+/// The rows a `COPY INTO` answer says were loaded (its `rows_loaded` column summed).
+fn rows_loaded(batch: &arrow::array::RecordBatch) -> u64 {
+    batch
+        .column_by_name("rows_loaded")
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>())
+        .map_or(batch.num_rows() as u64, |c| c.iter().flatten().map(|v| v.max(0) as u64).sum())
+}
+
 /// A statement on one line, cut at 200 characters.
 pub fn abbreviate(sql: &str) -> String {
     let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -91,6 +99,9 @@ impl Engine {
             Planned::Dml(plan) => Ok(Some(self.run_dml(session, plan).await?)),
             Planned::Task(task) => {
                 Ok(self.run_task_statement(session, *task).await?.map(|runs| runs.num_rows() as u64))
+            }
+            Planned::Ingest(statement, sql) => {
+                Ok(self.run_ingest_statement(session, &sql, *statement).await?.map(|b| rows_loaded(&b)))
             }
             Planned::Session(plan) | Planned::Query(plan) => {
                 let physical = session.physical_plan(plan).await?;
@@ -187,6 +198,11 @@ impl Engine {
             Planned::Task(task) => match self.run_task_statement(session, *task).await? {
                 Some(runs) if keep_rows => StatementOutput::Rows(vec![runs]),
                 Some(runs) => StatementOutput::Changed(runs.num_rows() as u64),
+                None => StatementOutput::Done,
+            },
+            Planned::Ingest(statement, sql) => match self.run_ingest_statement(session, &sql, *statement).await? {
+                Some(files) if keep_rows => StatementOutput::Rows(vec![files]),
+                Some(files) => StatementOutput::Changed(rows_loaded(&files)),
                 None => StatementOutput::Done,
             },
             other => match self.run_command(session, other).await? {

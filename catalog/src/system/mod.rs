@@ -1,8 +1,11 @@
 //! The reserved `system` schema: tables that show the process's own state, snapshotted on
 //! every scan: `system.queries` ([`queries`], this process's recent statements) and the
 //! scheduler's `system.tasks`, `system.runs` and `system.run_history` ([`tasks`], from the
-//! catalog, the run journal and the rolled-up history, so every server shows the same). No user schema may be called `system`.
+//! catalog, the run journal and the rolled-up history, so every server shows the same), and
+//! the loads' `system.copy_history`, `system.load_errors` and `system.pipes` ([`ingest`]). No
+//! user schema may be called `system`.
 
+pub mod ingest;
 pub mod queries;
 pub mod tasks;
 
@@ -16,13 +19,15 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 pub use queries::{QueryHandle, QueryLog, QueryRecord, QueryState};
 
 use crate::catalog::CatalogStore;
+use crate::ingest::Ingest;
 use crate::schedule::Tasks;
 
 /// The reserved schema's name.
 pub const SYSTEM_SCHEMA: &str = "system";
 
 /// The tables of the `system` schema.
-pub const SYSTEM_TABLES: [&str; 4] = ["queries", "run_history", "runs", "tasks"];
+pub const SYSTEM_TABLES: [&str; 7] =
+    ["copy_history", "load_errors", "pipes", "queries", "run_history", "runs", "tasks"];
 
 /// DataFusion's view of the `system` schema.
 #[derive(Debug)]
@@ -30,11 +35,12 @@ pub struct SystemSchema {
     queries: Arc<QueryLog>,
     tasks: Arc<Tasks>,
     catalog: Arc<CatalogStore>,
+    ingest: Arc<Ingest>,
 }
 
 impl SystemSchema {
-    pub fn new(queries: Arc<QueryLog>, tasks: Arc<Tasks>, catalog: Arc<CatalogStore>) -> Self {
-        Self { queries, tasks, catalog }
+    pub fn new(queries: Arc<QueryLog>, tasks: Arc<Tasks>, catalog: Arc<CatalogStore>, ingest: Arc<Ingest>) -> Self {
+        Self { queries, tasks, catalog, ingest }
     }
 }
 
@@ -61,6 +67,15 @@ impl SchemaProvider for SystemSchema {
             "runs" => {
                 let runs = self.tasks.journal().list(None).await.map_err(df)?;
                 table(tasks::runs_batch(&self.tasks, &runs).map_err(df)?)
+            }
+            "copy_history" | "load_errors" => {
+                let catalog = self.catalog.refresh().await.map_err(df)?;
+                let which = if name == "copy_history" { "history" } else { "errors" };
+                table(ingest::ledger_rows(self.catalog.warehouse(), &catalog, which).await.map_err(df)?)
+            }
+            "pipes" => {
+                let catalog = self.catalog.refresh().await.map_err(df)?;
+                table(ingest::pipes_batch(&catalog, &self.ingest).map_err(df)?)
             }
             _ => Ok(None),
         }

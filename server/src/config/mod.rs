@@ -107,6 +107,18 @@ pub struct ServerArgs {
     /// How long task runs stay in system.runs (the warehouse's _runs/ journal, by when they ended); older ones move to the Delta table behind system.run_history
     #[arg(long, env = "STREAMPULSE_RUN_HISTORY_RETENTION", default_value = "30days")]
     pub run_history_retention: humantime::Duration,
+    /// Run no pipes in this server (COPY INTO still works); several servers on one warehouse may all run them: each file is loaded once
+    #[arg(long, env = "STREAMPULSE_NO_PIPES")]
+    pub no_pipes: bool,
+    /// Most files a pipe commits in one batch
+    #[arg(long, env = "STREAMPULSE_PIPE_MAX_FILES", default_value = "500")]
+    pub pipe_max_files: NonZeroUsize,
+    /// Most bytes (as stored, e.g. gzipped) a pipe commits in one batch
+    #[arg(long, env = "STREAMPULSE_PIPE_MAX_BYTES", default_value = "256MiB")]
+    pub pipe_max_bytes: ByteSize,
+    /// How often tables that pipes load are compacted and their Delta logs cleaned (0s: never)
+    #[arg(long, env = "STREAMPULSE_INGEST_MAINTENANCE_INTERVAL", default_value = "10m")]
+    pub ingest_maintenance_interval: humantime::Duration,
 }
 
 impl WarehouseArgs {

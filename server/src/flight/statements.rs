@@ -78,7 +78,16 @@ impl StreamPulseFlightSql {
                 self.ticket_info(&id, &schema, descriptor, -1)
             }
             Planned::Task(task) => {
-                let batch = self.execute_task(principal, &session, sql, *task).await?;
+                let run = self.engine.run_task_statement(&session, *task);
+                let batch = self.execute_answering(principal, &session, sql, StatementKind::Task, run).await?;
+                let (schema, rows) = (batch.schema(), batch.num_rows() as i64);
+                let id = self.tickets.put(Pending::Ready { batch, user: principal.user.clone() })?;
+                self.ticket_info(&id, &schema, descriptor, rows)
+            }
+            Planned::Ingest(statement, text) => {
+                let kind = Planned::Ingest(statement.clone(), text.clone()).kind();
+                let run = self.engine.run_ingest_statement(&session, &text, *statement);
+                let batch = self.execute_answering(principal, &session, sql, kind, run).await?;
                 let (schema, rows) = (batch.schema(), batch.num_rows() as i64);
                 let id = self.tickets.put(Pending::Ready { batch, user: principal.user.clone() })?;
                 self.ticket_info(&id, &schema, descriptor, rows)
@@ -138,29 +147,31 @@ impl StreamPulseFlightSql {
         Ok(count)
     }
 
-    /// Run a task statement under admission and log it; `EXECUTE TASK` answers its runs.
-    async fn execute_task(
+    /// Run a statement that answers rows of its own (a task or ingest statement: `EXECUTE
+    /// TASK` answers its runs, `COPY INTO` its files) under admission, and log it.
+    async fn execute_answering(
         &self,
         principal: &Principal,
         session: &Session,
         sql: &str,
-        task: streampulse_engine::schedule::TaskStatement,
+        kind: StatementKind,
+        run: impl std::future::Future<Output = streampulse_engine::Result<Option<RecordBatch>>>,
     ) -> Result<RecordBatch> {
         let log = self.engine.query_log().start(&principal.user, PROTOCOL, sql);
-        log.planned(kind_name(StatementKind::Task));
+        log.planned(kind_name(kind));
         let waiting = Instant::now();
         let result = async {
             let _permit = self.admission.admit().await?;
             log.admitted(waiting.elapsed());
-            self.engine.run_task_statement(session, task).await
+            run.await
         }
         .await;
         let stats = session.stats();
         match &result {
-            Ok(runs) => log.finish(runs.as_ref().map(|b| b.num_rows() as u64), stats, None),
+            Ok(rows) => log.finish(rows.as_ref().map(|b| b.num_rows() as u64), stats, None),
             Err(e) => log.finish(None, stats, Some(error_of(e))),
         }
-        debug!(user = %principal.user, sql, ok = result.is_ok(), "task statement executed");
+        debug!(user = %principal.user, sql, ok = result.is_ok(), "statement executed");
         Ok(result?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(Schema::empty()))))
     }
 

@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
+use streampulse_engine::ingest::LoadEvent;
 use streampulse_engine::schedule::RunEvent;
 use streampulse_engine::system::QueryRecord;
 use streampulse_engine::{Engine, QueryState};
@@ -37,6 +38,17 @@ struct TaskStatusLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabels {
     task: String,
+}
+
+/// A pipe's name, or `copy` for COPY INTO statements (pipes are few and made by admins).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PipeLabels {
+    pipe: String,
+}
+
+fn lag_buckets() -> Histogram {
+    // 50 ms to ~14 min
+    Histogram::new(exponential_buckets(0.05, 2.0, 15))
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -67,6 +79,13 @@ pub struct Metrics {
     scheduler_lag: FloatGauge,
     catalog_conflicts: Counter,
     conflicts_seen: AtomicU64,
+    files_loaded: Family<PipeLabels, Counter>,
+    bytes_loaded: Family<PipeLabels, Counter>,
+    rows_loaded: Family<PipeLabels, Counter>,
+    rows_rejected: Family<PipeLabels, Counter>,
+    load_lag: Family<PipeLabels, Histogram, fn() -> Histogram>,
+    pipe_backlog_files: Family<PipeLabels, Gauge>,
+    pipe_backlog_bytes: Family<PipeLabels, Gauge>,
 }
 
 impl Metrics {
@@ -132,6 +151,36 @@ impl Metrics {
             "Catalog commits that lost a race with another writer and were retried",
             catalog_conflicts.clone(),
         );
+        let files_loaded = Family::<PipeLabels, Counter>::default();
+        registry.register(
+            "ingest_files_loaded",
+            "Landing files committed, by pipe (copy: COPY INTO)",
+            files_loaded.clone(),
+        );
+        let bytes_loaded = Family::<PipeLabels, Counter>::default();
+        registry.register("ingest_bytes_loaded", "Bytes of landing files committed, as stored", bytes_loaded.clone());
+        let rows_loaded = Family::<PipeLabels, Counter>::default();
+        registry.register("ingest_rows_loaded", "Rows committed from landing files", rows_loaded.clone());
+        let rows_rejected = Family::<PipeLabels, Counter>::default();
+        registry.register(
+            "ingest_rows_rejected",
+            "Bad lines and unreadable files kept in system.load_errors",
+            rows_rejected.clone(),
+        );
+        let load_lag = Family::<PipeLabels, Histogram, fn() -> Histogram>::new_with_constructor(lag_buckets);
+        registry.register(
+            "ingest_lag_seconds",
+            "End-to-end lag: a file's last modification (arrival) to its rows being visible in the table",
+            load_lag.clone(),
+        );
+        let pipe_backlog_files = Family::<PipeLabels, Gauge>::default();
+        registry.register(
+            "pipe_backlog_files",
+            "New files a pipe has listed and not yet loaded",
+            pipe_backlog_files.clone(),
+        );
+        let pipe_backlog_bytes = Family::<PipeLabels, Gauge>::default();
+        registry.register("pipe_backlog_bytes", "Bytes of those files", pipe_backlog_bytes.clone());
         registry.register(
             "build",
             "The server's version",
@@ -156,6 +205,13 @@ impl Metrics {
             scheduler_lag,
             catalog_conflicts,
             conflicts_seen: AtomicU64::new(0),
+            files_loaded,
+            bytes_loaded,
+            rows_loaded,
+            rows_rejected,
+            load_lag,
+            pipe_backlog_files,
+            pipe_backlog_bytes,
         })
     }
 
@@ -174,6 +230,19 @@ impl Metrics {
         self.task_failures.get_or_create(&labels).set(i64::from(e.consecutive_failures));
         if let Some(lag) = e.lag {
             self.scheduler_lag.set(lag.as_secs_f64());
+        }
+    }
+
+    /// Count a committed ingest batch.
+    pub fn record_load(&self, e: &LoadEvent) {
+        let labels = PipeLabels { pipe: e.pipe.clone().unwrap_or_else(|| "copy".into()) };
+        self.files_loaded.get_or_create(&labels).inc_by(e.files);
+        self.bytes_loaded.get_or_create(&labels).inc_by(e.bytes);
+        self.rows_loaded.get_or_create(&labels).inc_by(e.rows);
+        self.rows_rejected.get_or_create(&labels).inc_by(e.rejected);
+        let lag = self.load_lag.get_or_create(&labels);
+        for l in &e.lags {
+            lag.observe(*l);
         }
     }
 
@@ -202,6 +271,11 @@ impl Metrics {
             for (name, task) in &catalog.tasks {
                 let suspended = i64::from(task.state != "started");
                 self.task_suspended.get_or_create(&TaskLabels { task: name.clone() }).set(suspended);
+            }
+            for (pipe, status) in engine.ingest().pipe_status() {
+                let labels = PipeLabels { pipe };
+                self.pipe_backlog_files.get_or_create(&labels).set(status.backlog_files as i64);
+                self.pipe_backlog_bytes.get_or_create(&labels).set(status.backlog_bytes as i64);
             }
             let conflicts = engine.catalog().conflicts();
             let seen = self.conflicts_seen.swap(conflicts, Ordering::Relaxed);
