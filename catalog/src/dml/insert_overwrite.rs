@@ -3,8 +3,12 @@
 //! for one day replaces that day and leaves the others alone, and a failed run changes nothing.
 //! Unpartitioned tables are overwritten whole by DataFusion's Delta sink.
 
+use std::sync::Arc;
+
 use datafusion::common::Column;
-use datafusion::logical_expr::{DmlStatement, Expr};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{DmlStatement, Expr, LogicalPlan};
 use deltalake::protocol::SaveMode;
 use tracing::info;
 
@@ -29,7 +33,26 @@ impl Engine {
         // while their distinct partition values are collected, so the output never sits in
         // memory whatever its size; then one Delta write of the staged rows replaces exactly
         // those partitions. The staging file goes when `staged` is dropped, on every path.
-        let input = delta::delta_compatible_plan((*dml.input).clone())?;
+        // The rows it reads of the table itself and the commit must see one snapshot: the
+        // input was planned on an older one, and a row appended in between (a pipe's batch)
+        // would otherwise be neither in the new rows nor a conflict — silently lost. So the
+        // table is opened once, here, its scans in the input are pointed at that snapshot, and
+        // the write commits on it (a later append to a replaced partition is a conflict).
+        let table_delta = delta::open_table(self.warehouse(), &location).await?;
+        let pinned = provider_as_source(table_delta.table_provider().await?);
+        let input = (*dml.input)
+            .clone()
+            .transform_up(|plan| match plan {
+                LogicalPlan::TableScan(mut scan)
+                    if self.resolve(session, &scan.table_name).is_ok_and(|t| t == (schema.clone(), table.clone())) =>
+                {
+                    scan.source = Arc::clone(&pinned);
+                    Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+                }
+                other => Ok(Transformed::no(other)),
+            })?
+            .data;
+        let input = delta::delta_compatible_plan(input)?;
         let physical = session.physical_plan(input).await?;
         let columns = physical.schema();
         let indices = partition_columns
@@ -58,7 +81,6 @@ impl Engine {
             .collect::<Option<Vec<_>>>()
             .and_then(|conjunctions| conjunctions.into_iter().reduce(Expr::or))
             .ok_or_else(|| Error::internal("INSERT OVERWRITE staged rows but found no partition values"))?;
-        let table_delta = delta::open_table(self.warehouse(), &location).await?;
         table_delta
             .write(Vec::<arrow::record_batch::RecordBatch>::new())
             .with_input_plan(staged.scan(session.ctx(), &columns).await?)

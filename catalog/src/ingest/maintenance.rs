@@ -1,16 +1,15 @@
 //! Keeping a continuously loaded table fast: every batch adds small files and a log entry, so
-//! the pipe service periodically compacts them (`OPTIMIZE`, Compact: only bins of several
-//! small files are rewritten, with `dataChange = false`, so appends and readers carry on —
-//! the pipe's commits never conflict with it), writes a checkpoint, and cleans up expired log
+//! the pipe service periodically compacts them (each partition's small files rewritten into one
+//! in a commit of its own: readers keep their snapshot, a concurrent writer of the same files
+//! conflicts and retries, see [`compact`]), writes a checkpoint, and cleans up expired log
 //! entries — work that ingest commits skip (`cleanup_expired_logs = false`: deltalake would
 //! otherwise list the whole `_delta_log` on every commit). The same is done for the ledger's
 //! `history/` and `errors/` tables. Orphan files of crashed batches are never visible (they
 //! are in no commit); `VACUUM` removes them after the table's retention.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use deltalake::operations::optimize::OptimizeType;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::ledger::INGEST_ROOT;
 use crate::error::Result;
@@ -59,16 +58,125 @@ impl Engine {
     }
 }
 
-async fn compact(table: deltalake::DeltaTable) -> Result<Maintained> {
-    let (table, metrics) = table
-        .optimize()
-        .with_type(OptimizeType::Compact)
-        .with_max_concurrent_tasks(1)
-        .with_min_commit_interval(Duration::from_secs(60))
-        .await?;
-    if metrics.num_files_removed > 0 {
+/// A partition is compacted once it holds this many files smaller than [`SMALL_FILE`].
+const MIN_FILES: usize = 4;
+const SMALL_FILE: i64 = 32 << 20;
+/// Most bytes compacted into one file.
+const MAX_BIN: i64 = 128 << 20;
+
+/// Compact each partition's small files into one, as an ordinary data-changing rewrite.
+///
+/// deltalake's own OPTIMIZE commits its removes with `dataChange = false`, and delta-rs
+/// 1.1.3's conflict checker ignores such removes when it checks a concurrent DELETE,
+/// UPDATE, MERGE or INSERT OVERWRITE of the same files (`check_for_deleted_files_against_
+/// current_txn_deleted_files` filters on `data_change`): both commit, and the compacted copy
+/// brings the rewritten rows back — duplicates (the same hole as delta-io/delta#7163 in
+/// Kernel). Committed as a `WRITE` with a partition predicate and `dataChange = true`, every
+/// pairing conflicts as it should: an append to the partition or a DML on the same files
+/// makes whichever commits second fail and retry, and pipes' appends rebase (see
+/// `ledger::commit_once`).
+async fn compact(mut table: deltalake::DeltaTable) -> Result<Maintained> {
+    use std::collections::BTreeMap;
+
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+    use deltalake::kernel::{Action, Remove};
+    use deltalake::protocol::{DeltaOperation, SaveMode};
+    use object_store::ObjectStoreExt;
+
+    let mut total = Maintained::default();
+    let snapshot = table.snapshot()?.clone();
+    let mut partitions: BTreeMap<Vec<(String, Option<String>)>, Vec<(object_store::path::Path, i64, Remove)>> =
+        BTreeMap::new();
+    for file in snapshot.log_data() {
+        if file.size() >= SMALL_FILE || file.deletion_vector_descriptor().is_some() {
+            continue;
+        }
+        let mut key: Vec<(String, Option<String>)> = file.partition_values_map().into_iter().collect();
+        key.sort();
+        partitions.entry(key).or_default().push((file.object_store_path(), file.size(), file.remove_action(true)));
+    }
+    let store = table.object_store();
+    for (values, mut files) in partitions {
+        if files.len() < MIN_FILES {
+            continue;
+        }
+        files.sort_by_key(|f| f.1);
+        let mut bin = Vec::new();
+        let mut bytes = 0i64;
+        for f in files {
+            if bytes + f.1 > MAX_BIN && !bin.is_empty() {
+                break;
+            }
+            bytes += f.1;
+            bin.push(f);
+        }
+        if bin.len() < MIN_FILES {
+            continue;
+        }
+        let writer = deltalake::writer::RecordBatchWriter::for_table(&table)?;
+        let schema = writer.arrow_schema();
+        let mut batches = Vec::new();
+        for (path, _, _) in &bin {
+            let data = store.get(path).await?.bytes().await?;
+            let reader =
+                datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)?.build()?;
+            for batch in reader {
+                let batch = with_partition_values(batch?, &values)?;
+                batches.push(super::decode::to_target(&batch, &schema).map_err(crate::error::Error::internal)?);
+            }
+        }
+        let mut actions = super::ledger::write_files(&table, batches).await?;
+        actions.extend(bin.iter().map(|(_, _, remove)| Action::Remove(remove.clone())));
+        let predicate = values
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("\"{k}\" = '{}'", v.replace('\'', "''")),
+                None => format!("\"{k}\" IS NULL"),
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: None,
+            predicate: (!predicate.is_empty()).then_some(predicate),
+        };
+        let properties = CommitProperties::default().with_cleanup_expired_logs(Some(false)).with_max_retries(0);
+        let result = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(Some(&snapshot), table.log_store(), operation)
+            .await;
+        match result {
+            Ok(_) => {
+                total.files_removed += bin.len() as u64;
+                total.files_added += 1;
+            }
+            // Lost to a concurrent write of the partition: try again at the next pass.
+            Err(e) => debug!(error = %e, "compaction of a partition conflicted; skipped"),
+        }
+    }
+    table.update_state().await?;
+    if total.files_removed > 0 {
         deltalake::checkpoints::create_checkpoint(&table, None).await?;
     }
-    let logs_cleaned = deltalake::checkpoints::cleanup_metadata(&table, None).await?;
-    Ok(Maintained { files_removed: metrics.num_files_removed, files_added: metrics.num_files_added, logs_cleaned })
+    total.logs_cleaned = deltalake::checkpoints::cleanup_metadata(&table, None).await?;
+    Ok(total)
+}
+
+/// `batch` (a data file's columns) with the partition columns added as text.
+fn with_partition_values(
+    batch: arrow::array::RecordBatch,
+    values: &[(String, Option<String>)],
+) -> Result<arrow::array::RecordBatch> {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    for (k, v) in values {
+        fields.push(Field::new(k, DataType::Utf8, true));
+        columns.push(Arc::new(StringArray::from(vec![v.as_deref(); batch.num_rows()])));
+    }
+    Ok(arrow::array::RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }

@@ -25,7 +25,7 @@ use crate::session::{Engine, Session};
 use crate::system::SYSTEM_SCHEMA;
 
 /// What `SHOW PIPES` runs.
-pub const SHOW_PIPES_SQL: &str = "SELECT name, state, target, location, interval, backlog_files, backlog_bytes, \
+pub const SHOW_PIPES_SQL: &str = "SELECT name, state, target, location, \"interval\", backlog_files, backlog_bytes, \
      last_commit, lag_seconds, files_loaded, rows_loaded, rows_rejected, last_error, owner, comment \
      FROM system.pipes ORDER BY name";
 
