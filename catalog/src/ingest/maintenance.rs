@@ -58,6 +58,9 @@ impl Engine {
     }
 }
 
+/// A partition's values, sorted by column.
+type PartitionKey = Vec<(String, Option<String>)>;
+
 /// A partition is compacted once it holds this many files smaller than [`SMALL_FILE`].
 const MIN_FILES: usize = 4;
 const SMALL_FILE: i64 = 32 << 20;
@@ -85,8 +88,7 @@ async fn compact(mut table: deltalake::DeltaTable) -> Result<Maintained> {
 
     let mut total = Maintained::default();
     let snapshot = table.snapshot()?.clone();
-    let mut partitions: BTreeMap<Vec<(String, Option<String>)>, Vec<(object_store::path::Path, i64, Remove)>> =
-        BTreeMap::new();
+    let mut partitions: BTreeMap<PartitionKey, Vec<(object_store::path::Path, i64, Remove)>> = BTreeMap::new();
     for file in snapshot.log_data() {
         if file.size() >= SMALL_FILE || file.deletion_vector_descriptor().is_some() {
             continue;
