@@ -17,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "admin-pass-123"
+# The bucket the local S3 server (fixture `s3`) starts with.
+BUCKET = "streampulse-test"
 
 
 def binary() -> str:
@@ -151,3 +153,42 @@ def run_over_flight(wh, base, script, *params):
         run_cli("sql", "--connect", s.uri, "--user", "admin", "--password", ADMIN_PASSWORD, "-f", str(script), *args)
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A local S3-compatible server (moto) with one bucket: yields its endpoint and a boto3 client."""
+    import urllib.request
+
+    import boto3
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2)
+            break
+        except Exception:  # noqa: BLE001
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("moto server did not start")
+            time.sleep(0.3)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    client.create_bucket(Bucket=BUCKET)
+    yield endpoint, client
+    proc.terminate()
+    proc.wait(10)
+
+
+def s3_env(endpoint):
+    """What `serve` needs to reach the local S3 server."""
+    return {
+        "STREAMPULSE_S3_ENDPOINT": endpoint,
+        "STREAMPULSE_S3_REGION": "us-east-1",
+        "STREAMPULSE_S3_ACCESS_KEY_ID": "test",
+        "STREAMPULSE_S3_SECRET_ACCESS_KEY": "test",
+        "STREAMPULSE_S3_ALLOW_HTTP": "true",
+    }

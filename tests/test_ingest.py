@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import ROOT, Server, adbc_connect, run_cli
+from conftest import BUCKET, ROOT, Server, adbc_connect, run_cli, s3_env
 
 # Columns of music.plays as the batch load makes them (sql/load_generated.sql).
 TABLE_DDL = """CREATE TABLE music.live (play_id BIGINT, user_id BIGINT, song_id BIGINT, artist_id BIGINT,
@@ -258,7 +258,17 @@ def test_bad_inputs_have_documented_outcomes(tmp_path):
         ]:
             err = error_of(conn, sql)
             assert expected in err, (sql, err)
+        execute(conn, f"CREATE PIPE music.p INTERVAL = '1h' AS {copy_sql(loc)}")
         conn.close()
+        # Readers may look (SHOW PIPES, the system tables) but not load or change pipes.
+        run_cli("user", "add", "viewer", "--role", "reader", "--password", "viewer-pw1", "--warehouse", str(wh))
+        reader = adbc_connect(s.uri, user="viewer", password="viewer-pw1")
+        for sql in [copy_sql(loc), copy_sql(loc, "VALIDATION_MODE = RETURN_ERRORS"), "ALTER PIPE music.p PAUSE",
+                    "DROP PIPE music.p", f"CREATE PIPE music.q AS {copy_sql(loc)}"]:
+            assert "PERMISSION_DENIED" in error_of(reader, sql) or "permission" in error_of(reader, sql).lower(), sql
+        assert [p["name"] for p in execute(reader, "SHOW PIPES")] == ["music.p"]
+        assert rows(reader, "SELECT count(*) FROM system.load_errors")[0][0] == 4
+        reader.close()
     finally:
         s.stop()
 
@@ -390,3 +400,58 @@ def test_two_servers_compaction_and_overwrite_beside_the_pipe(tmp_path):
     assert (tmp_path / "a.log").read_text().count("batch committed") > 0
     assert (tmp_path / "b.log").read_text().count("batch committed") > 0, "both servers loaded batches"
     assert len(counts) > 10
+
+
+def test_pipe_survives_sigkill_trials_on_s3(s3, tmp_path):
+    endpoint, client = s3
+    prefix = f"landing-{random.randint(0, 1 << 30)}/"
+
+    def put(name, data):
+        client.put_object(Bucket=BUCKET, Key=prefix + name, Body=data)
+
+    feeder, log = pipe_scenario(tmp_path, f"s3://{BUCKET}/wh-ingest", f"s3://{BUCKET}/{prefix}", put,
+                                s3_env(endpoint), trials=30, seed=13)
+    assert len(feeder.files) > 100
+    print(f"s3: {len(feeder.files)} files, {len(feeder.good)} rows, redone batches: {log.count('redoing an unfinished')}")
+    # The ledger's plans are in the warehouse, one per batch, numbered without gaps.
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="wh-ingest/_ingest/")
+    plans = sorted(o["Key"].rsplit("/", 1)[1] for p in pages for o in p.get("Contents", []) if "/batches/" in o["Key"])
+    assert plans == [f"{k:020}.json" for k in range(1, len(plans) + 1)]
+
+
+def test_live_generator_and_sql_ingest_pipe(tmp_path):
+    """`datagen --live` files, loaded by the pipe that sql/ingest.sql declares into the batch-loaded
+    music.plays: the live rows equal DuckDB's reading of the same files."""
+    from conftest import generate_and_load
+
+    data, wh = generate_and_load(tmp_path, seed=5)
+    live = tmp_path / "live"
+    r = run_cli("datagen", "--live", "--scale", "0.001", "--seed", "5", "--out", str(live), "--files-per-minute", "6000", "--lines-per-file", "500",
+                "--max-files", "6", "--late-share", "0.5", "--quiet")
+    assert "wrote 6 files (3000 lines" in r.stdout, r.stdout
+    s = Server(str(wh), log_path=str(tmp_path / "server.log")).start()
+    try:
+        conn = adbc_connect(s.uri)
+        before = rows(conn, "SELECT count(*), max(play_id) FROM music.plays")[0]
+        run_cli("sql", "--connect", s.uri, "--user", "admin", "--password", "admin-pass-123",
+                "-f", str(ROOT / "sql" / "ingest.sql"), "--param", f"events={live}/events/")
+        drain(conn, 6)
+        assert rows(conn, "SELECT count(*) FROM music.plays")[0][0] == before[0] + 3000
+        ours = set(rows(conn, f"SELECT play_id, user_id, song_id, play_date::VARCHAR FROM music.plays WHERE play_id > {before[1]}"))
+        theirs = set(duckdb.connect().execute(
+            f"SELECT play_id, user_id, song_id, CAST(CAST(played_at AS TIMESTAMP) AS DATE)::VARCHAR "
+            f"FROM read_json('{live}/events/**/*.gz', format='newline_delimited')").fetchall())
+        assert ours == theirs and len(ours) == 3000
+        # Live users and songs exist in the batch tables (same audience and catalogue).
+        orphans = rows(conn, f"SELECT count(*) FROM music.plays p LEFT JOIN music.songs s ON p.song_id = s.song_id "
+                             f"WHERE p.play_id > {before[1]} AND s.song_id IS NULL")[0][0]
+        assert orphans == 0
+        pipe = execute(conn, "SHOW PIPES")[0]
+        assert pipe["name"] == "music.plays_events" and pipe["files_loaded"] == 6 and pipe["lag_seconds"] is not None
+        import urllib.request
+        metrics = urllib.request.urlopen(f"{s.http}/metrics").read().decode()
+        assert 'streampulse_ingest_files_loaded_total{pipe="music.plays_events"} 6' in metrics, metrics[-2000:]
+        assert "streampulse_ingest_lag_seconds_bucket" in metrics
+        conn.close()
+    finally:
+        s.stop()

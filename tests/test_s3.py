@@ -1,42 +1,8 @@
 """The same catalog scenario with the warehouse on S3, against a local S3-compatible server
 (moto) started by the test."""
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-
-import boto3
-import pytest
-
 from catalog_checks import bad_csv, run_scenario
-from conftest import free_port
-
-BUCKET = "streampulse-test"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2)
-            break
-        except Exception:  # noqa: BLE001
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("moto server did not start")
-            time.sleep(0.3)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    proc.terminate()
-    proc.wait(10)
+from conftest import BUCKET
 
 
 def test_catalog_on_s3_survives_sigkill(s3, tmp_path):

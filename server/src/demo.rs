@@ -1,7 +1,9 @@
 //! `serve --demo`: generate (once) and load the demo dataset into a local warehouse, run
 //! pipelines A, B, D and E on it (once), print a short summary of each output, and declare the
-//! pipelines as tasks (`sql/tasks.sql`, suspended so the demo stays quiet) unless they exist. Every SQL
-//! text is a file under `sql/`: the same scripts `streampulse sql -f` runs.
+//! pipelines as tasks (`sql/tasks.sql`, suspended so the demo stays quiet) unless they exist, and
+//! start a live event feed that the `music.plays_events` pipe (`sql/ingest.sql`) loads into
+//! `music.plays` while the server runs. Every SQL text is a file under `sql/`: the same
+//! scripts `streampulse sql -f` runs.
 
 use arrow::array::{Array, StringArray};
 use arrow::datatypes::DataType;
@@ -26,6 +28,11 @@ const SUMMARY_D: &str = include_str!("../../sql/demo/royalties.sql");
 const SUMMARY_E: &str = include_str!("../../sql/demo/experiment_results.sql");
 /// The pipelines as (suspended) tasks.
 const TASKS: &str = include_str!("../../sql/tasks.sql");
+/// The pipe that loads live events into music.plays.
+const INGEST: &str = include_str!("../../sql/ingest.sql");
+/// The demo's live event feed: files per minute and lines per file.
+const LIVE_FILES_PER_MINUTE: f64 = 6.0;
+const LIVE_LINES_PER_FILE: usize = 2_000;
 
 /// One run's `${param}` values.
 type Params = Vec<(String, String)>;
@@ -100,6 +107,58 @@ pub async fn load(engine: &Engine, scale: f64) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+/// The demo's live feed: `datagen --live` in a thread, dropping event files where the
+/// `music.plays_events` pipe (sql/ingest.sql, declared here unless it exists) loads them.
+/// It stops when the returned guard is dropped (the server stopping).
+pub async fn start_live(engine: &Engine, scale: f64) -> Result<LiveFeed, CliError> {
+    let dir = engine
+        .warehouse()
+        .root()
+        .to_file_path()
+        .map_err(|()| CliError::usage("--demo needs a local warehouse folder"))?
+        .join("_landing")
+        .join(format!("demo-sf{scale}"))
+        .join("live");
+    let events = dir.join("events");
+    std::fs::create_dir_all(&events).map_err(CliError::failed)?;
+    if !engine.catalog().snapshot().pipes.contains_key("music.plays_events") {
+        let script = substitute_params(INGEST, &[param("events", format!("{}/", events.display()))])?;
+        run_embedded(engine, &script, None, false).await?;
+    }
+    println!(
+        "Live events: {LIVE_FILES_PER_MINUTE} files/min land in {}; pipe music.plays_events loads them into music.plays (see SHOW PIPES, system.copy_history)",
+        events.display()
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let config = streampulse_bench::datagen::LiveConfig {
+        scale,
+        seed: 42,
+        out: dir,
+        files_per_minute: LIVE_FILES_PER_MINUTE,
+        lines_per_file: LIVE_LINES_PER_FILE,
+        late_share: 0.1,
+        max_files: None,
+    };
+    let flag = std::sync::Arc::clone(&stop);
+    std::thread::spawn(move || {
+        if let Err(e) = streampulse_bench::datagen::live(&config, &flag, |_, _| {}) {
+            tracing::warn!(error = %e, "the demo's live event feed stopped");
+        }
+    });
+    Ok(LiveFeed { stop })
+}
+
+/// Stops the demo's live feed when dropped.
+pub struct LiveFeed {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for LiveFeed {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The first column of a query's result, as strings.

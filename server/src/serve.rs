@@ -51,8 +51,10 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
             args.admin_user
         );
     }
+    let mut _live_feed = None;
     if args.demo {
         crate::demo::load(&engine, args.demo_scale).await?;
+        _live_feed = Some(crate::demo::start_live(&engine, args.demo_scale).await?);
     }
     let listen = &args.listen;
     let addr: SocketAddr = tokio::net::lookup_host(listen)

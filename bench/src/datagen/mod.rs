@@ -61,6 +61,7 @@ mod audience;
 mod catalog;
 mod dimensions;
 mod events;
+mod live;
 mod plays;
 
 use alias::*;
@@ -68,6 +69,7 @@ use audience::*;
 use catalog::*;
 use dimensions::*;
 use events::*;
+pub use live::{LiveConfig, LiveProgress, live};
 use plays::*;
 
 /// Errors of the generator; each names the file or setting at fault.

@@ -298,7 +298,7 @@ fn reject_distinct_from_precedence(statement: &DFStatement) -> Result<()> {
     });
     if let std::ops::ControlFlow::Break(text) = found {
         return Err(Error::invalid(format!(
-            "ambiguous IS [NOT] DISTINCT FROM followed by AND/OR: `{text}` would be read as `... IS DISTINCT FROM              (... AND/OR ...)` by this SQL parser; put each comparison in parentheses, e.g.              `(a IS DISTINCT FROM b) OR (c IS DISTINCT FROM d)`"
+            "ambiguous IS [NOT] DISTINCT FROM followed by AND/OR: `{text}` would be read as `... IS DISTINCT FROM (... AND/OR ...)` by this SQL parser; put each comparison in parentheses, e.g. `(a IS DISTINCT FROM b) OR (c IS DISTINCT FROM d)`"
         )));
     }
     Ok(())
