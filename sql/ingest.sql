@@ -5,7 +5,7 @@
 -- Each new file is loaded exactly once, seconds after it lands, whatever crashes or however
 -- many servers run; bad lines go to system.load_errors. Watch it in system.pipes (backlog,
 -- lag) and system.copy_history (one row per file); ALTER PIPE music.plays_events PAUSE stops it.
-CREATE PIPE IF NOT EXISTS music.plays_events INTERVAL = '1s'
+CREATE PIPE IF NOT EXISTS music.plays_events INTERVAL = '500ms'
   COMMENT = 'live play events into music.plays'
 AS COPY INTO music.plays
   FROM (SELECT play_id, user_id, song_id, artist_id, played_at, ms_played, skipped, source, device, country,
