@@ -23,6 +23,11 @@ TABLE_DDL = """CREATE TABLE music.live (play_id BIGINT, user_id BIGINT, song_id 
   session_id BIGINT, play_date DATE) PARTITIONED BY (play_date)"""
 
 
+# SIGKILL trials per storage; `STREAMPULSE_INGEST_TRIALS=500 python3 -m pytest tests/test_ingest.py -k sigkill`
+# is the long run (bench/RESULTS.md).
+TRIALS = int(os.environ.get("STREAMPULSE_INGEST_TRIALS", "30"))
+
+
 def copy_sql(location, options="ON_ERROR = CONTINUE", table="music.live"):
     return (f"COPY INTO {table} FROM (SELECT *, CAST(played_at AS DATE) AS play_date FROM '{location}') "
             f"PATTERN = '.*[.]gz' FILE_FORMAT = (TYPE = JSON, COMPRESSION = GZIP) {options}")
@@ -331,7 +336,7 @@ def pipe_scenario(tmp_path, wh, location, put, env, trials, seed):
 def test_pipe_survives_sigkill_trials_local(tmp_path):
     land = tmp_path / "land"
     land.mkdir()
-    feeder, log = pipe_scenario(tmp_path, str(tmp_path / "wh"), f"{land}/", local_put(land), {}, trials=30, seed=7)
+    feeder, log = pipe_scenario(tmp_path, str(tmp_path / "wh"), f"{land}/", local_put(land), {}, trials=TRIALS, seed=7)
     assert len(feeder.files) > 100
     print(f"local: {len(feeder.files)} files, {len(feeder.good)} rows, redone batches: {log.count('redoing an unfinished')}")
 
@@ -410,7 +415,7 @@ def test_pipe_survives_sigkill_trials_on_s3(s3, tmp_path):
         client.put_object(Bucket=BUCKET, Key=prefix + name, Body=data)
 
     feeder, log = pipe_scenario(tmp_path, f"s3://{BUCKET}/wh-ingest", f"s3://{BUCKET}/{prefix}", put,
-                                s3_env(endpoint), trials=30, seed=13)
+                                s3_env(endpoint), trials=TRIALS, seed=13)
     assert len(feeder.files) > 100
     print(f"s3: {len(feeder.files)} files, {len(feeder.good)} rows, redone batches: {log.count('redoing an unfinished')}")
     # The ledger's plans are in the warehouse, one per batch, numbered without gaps.
@@ -455,3 +460,39 @@ def test_live_generator_and_sql_ingest_pipe(tmp_path):
         conn.close()
     finally:
         s.stop()
+
+
+def test_maintenance_vacuums_old_orphans_only(tmp_path):
+    """Compaction beside the pipe, and the full vacuum: an unreferenced file older than the
+    table's retention (7 days) goes, a recent one stays, every row stays."""
+    land = tmp_path / "land"
+    land.mkdir()
+    location = f"{land}/"
+    feeder = Feeder(local_put(land), 21, bad_every=1000)
+    wh = tmp_path / "wh"
+    env = {"STREAMPULSE_INGEST_MAINTENANCE_INTERVAL": "1s", "STREAMPULSE_INGEST_VACUUM_INTERVAL": "1s"}
+    s = Server(str(wh), log_path=str(tmp_path / "server.log"), env=env).start()
+    try:
+        conn = adbc_connect(s.uri)
+        execute(conn, "CREATE SCHEMA music")
+        execute(conn, TABLE_DDL)
+        table_dir = next((wh / "music").glob("live-*"))
+        old, recent = table_dir / "part-00000-orphan-old.parquet", table_dir / "part-00000-orphan-new.parquet"
+        for p in (old, recent):
+            p.write_bytes(b"PAR1 left by a crashed batch")
+        eight_days_ago = time.time() - 8 * 86400
+        os.utime(old, (eight_days_ago, eight_days_ago))
+        execute(conn, f"CREATE PIPE music.live_pipe INTERVAL = '100ms' AS {copy_sql(location)}")
+        deadline = time.time() + 60
+        while "files_vacuumed=1" not in (tmp_path / "server.log").read_text() and time.time() < deadline:
+            feeder.one()
+            time.sleep(0.3)
+        drain(conn, len(feeder.files))
+        check_exact(conn, feeder, location)
+        assert not old.exists() and recent.exists()
+        conn.close()
+    finally:
+        s.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert "files_vacuumed=1" in log
+    assert any(int(part.split("=")[1]) > 0 for part in log.split() if part.startswith("files_removed=")), "compacted"

@@ -92,10 +92,12 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
     let stop_pipes = CancellationToken::new();
     let pipes = (!args.no_pipes).then(|| {
         let every: std::time::Duration = args.ingest_maintenance_interval.into();
+        let vacuum: std::time::Duration = args.ingest_vacuum_interval.into();
         let config = PipeServiceConfig {
             max_files: args.pipe_max_files.get(),
             max_bytes: args.pipe_max_bytes.0,
             maintenance_interval: (!every.is_zero()).then_some(every),
+            vacuum_interval: (!vacuum.is_zero()).then_some(vacuum),
         };
         tokio::spawn(pipes::run(engine.clone(), config, stop_pipes.clone()))
     });

@@ -5,7 +5,8 @@
 //! entries — work that ingest commits skip (`cleanup_expired_logs = false`: deltalake would
 //! otherwise list the whole `_delta_log` on every commit). The same is done for the ledger's
 //! `history/` and `errors/` tables. Orphan files of crashed batches are never visible (they
-//! are in no commit); `VACUUM` removes them after the table's retention.
+//! are in no commit); a full `VACUUM`, less often, removes them once older than the table's
+//! retention.
 
 use std::time::Instant;
 
@@ -21,11 +22,13 @@ pub struct Maintained {
     pub files_removed: u64,
     pub files_added: u64,
     pub logs_cleaned: usize,
+    pub files_vacuumed: u64,
 }
 
 impl Engine {
-    /// Compact, checkpoint and clean the logs of the table at `location` and of its ledger.
-    pub async fn maintain_ingested(&self, location: &str) -> Result<Maintained> {
+    /// Compact, checkpoint and clean the logs of the table at `location` and of its ledger;
+    /// with `vacuum`, also remove files no commit references (see [`vacuum_orphans`]).
+    pub async fn maintain_ingested(&self, location: &str, vacuum: bool) -> Result<Maintained> {
         let started = Instant::now();
         let mut total = Maintained::default();
         let root = format!("{INGEST_ROOT}/{}", location.trim_matches('/'));
@@ -45,17 +48,39 @@ impl Engine {
                     warn!(location = %at, what, error = %e, "maintenance of an ingested table failed; retried later")
                 }
             }
+            if vacuum {
+                match vacuum_orphans(self, &at).await {
+                    Ok(n) => total.files_vacuumed += n,
+                    Err(e) => {
+                        warn!(location = %at, what, error = %e, "vacuum of an ingested table failed; retried later")
+                    }
+                }
+            }
         }
         info!(
             location,
             files_removed = total.files_removed,
             files_added = total.files_added,
             logs_cleaned = total.logs_cleaned,
+            files_vacuumed = total.files_vacuumed,
             seconds = started.elapsed().as_secs_f64(),
             "ingest maintenance done"
         );
         Ok(total)
     }
+}
+
+/// `VACUUM` in full mode at the table's own retention (`delta.deletedFileRetentionDuration`,
+/// 7 days unless set, enforced): files no commit references any more — compacted-away ones,
+/// and the orphans of batches a crash cut off before their commit — once older than that.
+async fn vacuum_orphans(engine: &Engine, location: &str) -> Result<u64> {
+    let table = crate::delta::open_table(engine.warehouse(), location).await?;
+    let (_, metrics) = table
+        .vacuum()
+        .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+        .with_enforce_retention_duration(true)
+        .await?;
+    Ok(metrics.files_deleted.len() as u64)
 }
 
 /// A partition's values, sorted by column.

@@ -38,11 +38,18 @@ pub struct PipeServiceConfig {
     pub max_bytes: u64,
     /// How often each loaded table is compacted and its log cleaned; `None` turns it off.
     pub maintenance_interval: Option<Duration>,
+    /// How often maintenance also vacuums unreferenced files; `None` turns it off.
+    pub vacuum_interval: Option<Duration>,
 }
 
 impl Default for PipeServiceConfig {
     fn default() -> Self {
-        Self { max_files: 500, max_bytes: 256 << 20, maintenance_interval: Some(Duration::from_secs(600)) }
+        Self {
+            max_files: 500,
+            max_bytes: 256 << 20,
+            maintenance_interval: Some(Duration::from_secs(600)),
+            vacuum_interval: Some(Duration::from_secs(86_400)),
+        }
     }
 }
 
@@ -304,6 +311,7 @@ async fn run_pipe(engine: Engine, name: String, entry: PipeEntry, config: PipeSe
     };
     let interval = Duration::from_millis(entry.interval_ms.max(100));
     let mut last_maintenance = Instant::now();
+    let mut last_vacuum = Instant::now();
     let mut loaded_since_maintenance = false;
     info!(pipe = %name, interval_ms = entry.interval_ms, "pipe running");
     loop {
@@ -341,8 +349,12 @@ async fn run_pipe(engine: Engine, name: String, entry: PipeEntry, config: PipeSe
         {
             last_maintenance = Instant::now();
             loaded_since_maintenance = false;
+            let vacuum = config.vacuum_interval.is_some_and(|every| last_vacuum.elapsed() >= every);
+            if vacuum {
+                last_vacuum = Instant::now();
+            }
             if let Ok(location) = target_location(&engine, &session, &copy) {
-                let _ = engine.maintain_ingested(&location).await;
+                let _ = engine.maintain_ingested(&location, vacuum).await;
             }
         }
         if again {

@@ -119,6 +119,9 @@ pub struct ServerArgs {
     /// How often tables that pipes load are compacted and their Delta logs cleaned (0s: never)
     #[arg(long, env = "STREAMPULSE_INGEST_MAINTENANCE_INTERVAL", default_value = "10m")]
     pub ingest_maintenance_interval: humantime::Duration,
+    /// How often that maintenance also vacuums files no commit references (compacted-away ones, orphans of crashed batches) once older than the table's retention, 7 days by default (0s: never)
+    #[arg(long, env = "STREAMPULSE_INGEST_VACUUM_INTERVAL", default_value = "1day")]
+    pub ingest_vacuum_interval: humantime::Duration,
 }
 
 impl WarehouseArgs {
