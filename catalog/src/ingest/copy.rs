@@ -35,9 +35,11 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// A statement's: large batches, everything at once.
+    /// A statement's: batches of up to 1,000 files or 256 MiB as stored, one after another
+    /// until nothing is left. A batch's decoded rows are held in memory until they are written
+    /// (outside the memory pool), which is what bounds them.
     pub fn statement() -> Self {
-        Self { max_files: 1000, max_bytes: 1 << 30, one_batch: false, defer_truncated: None }
+        Self { max_files: 1000, max_bytes: 256 << 20, one_batch: false, defer_truncated: None }
     }
 }
 
