@@ -20,12 +20,11 @@
 use std::time::Duration;
 
 use datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart, Query, visit_relations_mut};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::parser::ParserError;
+use datafusion::sql::sqlparser::tokenizer::Token;
 
 use crate::error::{Error, Result};
-use crate::schedule::parse::TaskName;
+use crate::sql::words::{Name as TaskName, Words, leading_words};
 
 /// The name a transformation's `FROM 'location'` is replaced by: the decoded rows of a batch.
 pub const SOURCE_RELATION: &str = "__copy_source";
@@ -135,20 +134,6 @@ impl OnError {
     }
 }
 
-/// The leading words of `sql` (comments skipped), upper-cased, at most `n`.
-fn leading_words(sql: &str, n: usize) -> Vec<String> {
-    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else { return Vec::new() };
-    tokens
-        .into_iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .take(n)
-        .map_while(|t| match t {
-            Token::Word(w) => Some(w.value.to_ascii_uppercase()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Whether `sql` is an ingest statement (then [`parse_ingest_statement`] parses it or says why).
 pub fn is_ingest_statement(sql: &str) -> bool {
     let w = leading_words(sql, 4);
@@ -188,14 +173,12 @@ pub fn parse_ingest_statement(sql: &str) -> Result<Option<IngestStatement>> {
         };
         let (head, body) = (&caps[1], caps[2].trim().trim_end_matches(';').trim_end());
         let copy = parse_copy(body)?;
-        let parser = Parser::new(&GenericDialect {}).try_with_sql(head).map_err(syntax("pipe statement"))?;
-        let mut p = Words { p: parser };
+        let mut p = Words::new(head).map_err(syntax("pipe statement"))?;
         let statement = p.create_pipe(body, copy).map_err(syntax("pipe statement"))?;
         p.end().map_err(syntax("pipe statement"))?;
         return Ok(Some(statement));
     }
-    let parser = Parser::new(&GenericDialect {}).try_with_sql(sql).map_err(syntax("pipe statement"))?;
-    let mut p = Words { p: parser };
+    let mut p = Words::new(sql).map_err(syntax("pipe statement"))?;
     let statement = p.pipe_statement().map_err(syntax("pipe statement"))?;
     p.end().map_err(syntax("pipe statement"))?;
     Ok(Some(statement))
@@ -203,8 +186,7 @@ pub fn parse_ingest_statement(sql: &str) -> Result<Option<IngestStatement>> {
 
 /// Parse a `COPY INTO` statement.
 pub fn parse_copy(sql: &str) -> Result<CopyInto> {
-    let parser = Parser::new(&GenericDialect {}).try_with_sql(sql).map_err(syntax("COPY INTO"))?;
-    let mut p = Words { p: parser };
+    let mut p = Words::new(sql).map_err(syntax("COPY INTO"))?;
     let copy = p.copy().map_err(syntax("COPY INTO"))?;
     p.end().map_err(syntax("COPY INTO"))?;
     if let Some(pattern) = &copy.pattern {
@@ -216,73 +198,8 @@ pub fn parse_copy(sql: &str) -> Result<CopyInto> {
     Ok(copy)
 }
 
-struct Words<'a> {
-    p: Parser<'a>,
-}
-
 impl Words<'_> {
-    fn peek_word(&self) -> Option<String> {
-        match &self.p.peek_token_ref().token {
-            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
-            _ => None,
-        }
-    }
-
-    fn eat(&mut self, word: &str) -> bool {
-        if self.peek_word().as_deref() == Some(word) {
-            self.p.next_token();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn expect(&mut self, word: &str) -> Result<(), ParserError> {
-        if self.eat(word) {
-            Ok(())
-        } else {
-            let found = self.p.peek_token();
-            self.p.expected(word, found)
-        }
-    }
-
-    fn end(&mut self) -> Result<(), ParserError> {
-        while self.p.consume_token(&Token::SemiColon) {}
-        let next = self.p.peek_token();
-        if next.token == Token::EOF { Ok(()) } else { self.p.expected("end of statement", next) }
-    }
-
-    fn equals(&mut self) -> Result<(), ParserError> {
-        self.p.expect_token(&Token::Eq).map(|_| ())
-    }
-
-    fn name(&mut self, what: &str) -> Result<TaskName, ParserError> {
-        let object: ObjectName = self.p.parse_object_name(false)?;
-        let parts: Vec<String> = object
-            .0
-            .iter()
-            .filter_map(|part| part.as_ident())
-            .map(|i| if i.quote_style.is_some() { i.value.clone() } else { i.value.to_lowercase() })
-            .collect();
-        match parts.as_slice() {
-            [name] => Ok(TaskName { schema: None, name: name.clone() }),
-            [schema, name] => Ok(TaskName { schema: Some(schema.clone()), name: name.clone() }),
-            _ => Err(ParserError::ParserError(format!("a {what} name is name or schema.name, not {object}"))),
-        }
-    }
-
-    fn if_clause(&mut self, not: bool) -> Result<bool, ParserError> {
-        if !self.eat("IF") {
-            return Ok(false);
-        }
-        if not {
-            self.expect("NOT")?;
-        }
-        self.expect("EXISTS")?;
-        Ok(true)
-    }
-
-    fn choice(&mut self, option: &str, allowed: &[&str]) -> Result<String, ParserError> {
+    fn keyword(&mut self, option: &str, allowed: &[&str]) -> Result<String, ParserError> {
         self.equals()?;
         let next = self.p.next_token();
         let word = match &next.token {
@@ -298,7 +215,7 @@ impl Words<'_> {
     }
 
     fn boolean(&mut self, option: &str) -> Result<bool, ParserError> {
-        Ok(self.choice(option, &["TRUE", "FALSE"])? == "TRUE")
+        Ok(self.keyword(option, &["TRUE", "FALSE"])? == "TRUE")
     }
 
     fn copy(&mut self) -> Result<CopyInto, ParserError> {
@@ -358,7 +275,7 @@ impl Words<'_> {
                 }
                 "ON_ERROR" => {
                     copy.on_error =
-                        match self.choice("ON_ERROR", &["ABORT_STATEMENT", "ABORT", "CONTINUE", "SKIP_FILE"])?.as_str()
+                        match self.keyword("ON_ERROR", &["ABORT_STATEMENT", "ABORT", "CONTINUE", "SKIP_FILE"])?.as_str()
                         {
                             "CONTINUE" => OnError::Continue,
                             "SKIP_FILE" => OnError::SkipFile,
@@ -367,7 +284,7 @@ impl Words<'_> {
                 }
                 "FORCE" => copy.force = self.boolean("FORCE")?,
                 "VALIDATION_MODE" => {
-                    self.choice("VALIDATION_MODE", &["RETURN_ERRORS", "RETURN_ALL_ERRORS"])?;
+                    self.keyword("VALIDATION_MODE", &["RETURN_ERRORS", "RETURN_ALL_ERRORS"])?;
                     copy.validation = true;
                 }
                 other => {
@@ -397,7 +314,7 @@ impl Words<'_> {
             };
             match w.value.to_ascii_uppercase().as_str() {
                 "TYPE" => {
-                    f.kind = match self.choice("TYPE", &["JSON", "NDJSON", "CSV", "PARQUET"])?.as_str() {
+                    f.kind = match self.keyword("TYPE", &["JSON", "NDJSON", "CSV", "PARQUET"])?.as_str() {
                         "CSV" => FormatKind::Csv,
                         "PARQUET" => FormatKind::Parquet,
                         _ => FormatKind::Json,
@@ -405,7 +322,7 @@ impl Words<'_> {
                     kind_given = true;
                 }
                 "COMPRESSION" => {
-                    f.compression = match self.choice("COMPRESSION", &["AUTO", "GZIP", "NONE"])?.as_str() {
+                    f.compression = match self.keyword("COMPRESSION", &["AUTO", "GZIP", "NONE"])?.as_str() {
                         "GZIP" => Compression::Gzip,
                         "NONE" => Compression::None,
                         _ => Compression::Auto,

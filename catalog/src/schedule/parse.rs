@@ -17,12 +17,11 @@
 //! `COMMENT = '...'`.
 
 use chrono::NaiveDate;
-use datafusion::sql::sqlparser::ast::ObjectName;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::parser::ParserError;
+use datafusion::sql::sqlparser::tokenizer::Token;
 
 use crate::error::{Error, Result};
+use crate::sql::words::{Words, leading_words};
 
 /// A parsed task statement. Names are as written (resolved against the default schema later).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,11 +35,7 @@ pub enum TaskStatement {
 }
 
 /// `name` or `schema.name`, lower-cased unless quoted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskName {
-    pub schema: Option<String>,
-    pub name: String,
-}
+pub use crate::sql::words::Name as TaskName;
 
 /// What `ALTER TASK` does.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,20 +70,6 @@ impl TaskStatement {
     }
 }
 
-/// The leading words of `sql` (comments skipped), upper-cased, at most `n`.
-fn leading_words(sql: &str, n: usize) -> Vec<String> {
-    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else { return Vec::new() };
-    tokens
-        .into_iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .take(n)
-        .map_while(|t| match t {
-            Token::Word(w) => Some(w.value.to_ascii_uppercase()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Whether `sql` is a task statement (then [`parse_task_statement`] parses it or says why not).
 pub fn is_task_statement(sql: &str) -> bool {
     let w = leading_words(sql, 4);
@@ -112,49 +93,16 @@ pub fn parse_task_statement(sql: &str) -> Result<Option<TaskStatement>> {
     let syntax = |e: ParserError| {
         Error::invalid(format!("task statement: {}", e.to_string().trim_start_matches("sql parser error: ")))
     };
-    let parser = Parser::new(&GenericDialect {}).try_with_sql(sql).map_err(syntax)?;
-    let mut p = TaskParser { p: parser };
+    let mut p = TaskParser::new(sql).map_err(syntax)?;
     let statement = p.statement().map_err(syntax)?;
     p.end().map_err(syntax)?;
     Ok(Some(statement))
 }
 
-struct TaskParser<'a> {
-    p: Parser<'a>,
-}
+/// The task statements' clauses on the shared statement cursor.
+type TaskParser<'a> = Words<'a>;
 
 impl TaskParser<'_> {
-    fn peek_word(&self) -> Option<String> {
-        match &self.p.peek_token_ref().token {
-            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
-            _ => None,
-        }
-    }
-
-    fn eat(&mut self, word: &str) -> bool {
-        if self.peek_word().as_deref() == Some(word) {
-            self.p.next_token();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn expect(&mut self, word: &str) -> Result<(), ParserError> {
-        if self.eat(word) {
-            Ok(())
-        } else {
-            let found = self.p.peek_token();
-            self.p.expected(word, found)
-        }
-    }
-
-    fn end(&mut self) -> Result<(), ParserError> {
-        while self.p.consume_token(&Token::SemiColon) {}
-        let next = self.p.peek_token();
-        if next.token == Token::EOF { Ok(()) } else { self.p.expected("end of statement", next) }
-    }
-
     fn statement(&mut self) -> Result<TaskStatement, ParserError> {
         match self.peek_word().as_deref() {
             Some("CREATE") => {
@@ -165,7 +113,7 @@ impl TaskParser<'_> {
                 }
                 self.expect("TASK")?;
                 let if_not_exists = self.if_clause(true)?;
-                let name = self.name()?;
+                let name = self.name("task")?;
                 let options = self.options(true)?;
                 if options.body.is_none() {
                     let found = self.p.peek_token();
@@ -177,7 +125,7 @@ impl TaskParser<'_> {
                 self.p.next_token();
                 self.expect("TASK")?;
                 let if_exists = self.if_clause(false)?;
-                let name = self.name()?;
+                let name = self.name("task")?;
                 let action = if self.eat("RESUME") {
                     AlterAction::Resume
                 } else if self.eat("SUSPEND") {
@@ -197,12 +145,12 @@ impl TaskParser<'_> {
                 self.p.next_token();
                 self.expect("TASK")?;
                 let if_exists = self.if_clause(false)?;
-                Ok(TaskStatement::Drop { name: self.name()?, if_exists })
+                Ok(TaskStatement::Drop { name: self.name("task")?, if_exists })
             }
             Some("EXECUTE") => {
                 self.p.next_token();
                 self.expect("TASK")?;
-                let name = self.name()?;
+                let name = self.name("task")?;
                 if self.eat("BACKFILL") {
                     self.expect("FROM")?;
                     let from = self.date()?;
@@ -234,33 +182,6 @@ impl TaskParser<'_> {
         }
     }
 
-    /// `IF NOT EXISTS` (`not` true) or `IF EXISTS`.
-    fn if_clause(&mut self, not: bool) -> Result<bool, ParserError> {
-        if !self.eat("IF") {
-            return Ok(false);
-        }
-        if not {
-            self.expect("NOT")?;
-        }
-        self.expect("EXISTS")?;
-        Ok(true)
-    }
-
-    fn name(&mut self) -> Result<TaskName, ParserError> {
-        let object: ObjectName = self.p.parse_object_name(false)?;
-        let parts: Vec<String> = object
-            .0
-            .iter()
-            .filter_map(|part| part.as_ident())
-            .map(|i| if i.quote_style.is_some() { i.value.clone() } else { i.value.to_lowercase() })
-            .collect();
-        match parts.as_slice() {
-            [name] => Ok(TaskName { schema: None, name: name.clone() }),
-            [schema, name] => Ok(TaskName { schema: Some(schema.clone()), name: name.clone() }),
-            _ => Err(ParserError::ParserError(format!("a task name is name or schema.name, not {object}"))),
-        }
-    }
-
     fn date(&mut self) -> Result<NaiveDate, ParserError> {
         let text = self.p.parse_literal_string()?;
         NaiveDate::parse_from_str(&text, "%Y-%m-%d")
@@ -274,10 +195,6 @@ impl TaskParser<'_> {
             Token::SingleQuotedString(s) => Ok(s),
             _ => self.p.expected("the script as $$ ... $$", next),
         }
-    }
-
-    fn equals(&mut self) -> Result<(), ParserError> {
-        self.p.expect_token(&Token::Eq).map(|_| ())
     }
 
     fn number<T: TryFrom<u64>>(&mut self, option: &str) -> Result<T, ParserError> {
@@ -328,9 +245,9 @@ impl TaskParser<'_> {
                     if !create && self.eat("NONE") {
                         o.after = Some(Vec::new());
                     } else {
-                        let mut names = vec![self.name()?];
+                        let mut names = vec![self.name("task")?];
                         while self.p.consume_token(&Token::Comma) {
-                            names.push(self.name()?);
+                            names.push(self.name("task")?);
                         }
                         o.after = Some(names);
                     }
