@@ -105,7 +105,7 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
     println!("StreamPulse Flight SQL listening on grpc://{bound}");
     let served = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown_signal())
         .await
         .map_err(|e| CliError::failed(format!("server failed: {e}")));
     // Runs in flight are cancelled and recorded as failed, to be retried by the next server.
@@ -121,6 +121,24 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
     served?;
     info!("server stopped");
     Ok(())
+}
+
+/// The listener's connections with Nagle's algorithm off. tonic sets `TCP_NODELAY` only on
+/// sockets it accepts itself; handed a listener stream, it leaves them as they come, and a
+/// small answer then waits for the client's delayed ACK: ~40 ms on every Flight SQL call
+/// (`SELECT 1` over ADBC took 52 ms at p50 in a debug build, issue 15).
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::warn!(error = %e, "cannot turn off Nagle's algorithm on a connection");
+        }
+        accepted
+    })
 }
 
 async fn shutdown_signal() {
