@@ -139,6 +139,19 @@ def check_exact(conn, feeder, location):
     assert loaded == (len(feeder.good), len(feeder.bad))
 
 
+def serve_with_table(wh, log, env=None):
+    """A server on `wh` with schema music and the empty table music.live."""
+    s = Server(str(wh), log_path=str(log), env=env).start()
+    try:
+        conn = adbc_connect(s.uri)
+        execute(conn, "CREATE SCHEMA music")
+        execute(conn, TABLE_DDL)
+    except Exception:
+        s.stop()
+        raise
+    return s, conn
+
+
 @pytest.fixture(scope="module")
 def events(tmp_path_factory):
     """The generator's event files, and a warehouse with the batch-loaded tables."""
@@ -149,12 +162,8 @@ def events(tmp_path_factory):
 
 
 def test_copy_into_matches_duckdb_and_loads_each_file_once(events, tmp_path):
-    wh = tmp_path / "wh"
-    s = Server(str(wh), log_path=str(tmp_path / "server.log")).start()
+    s, conn = serve_with_table(tmp_path / "wh", tmp_path / "server.log")
     try:
-        conn = adbc_connect(s.uri)
-        execute(conn, "CREATE SCHEMA music")
-        execute(conn, TABLE_DDL)
         location = f"{events}/events/"
         files = execute(conn, copy_sql(location))
         on_disk = sorted(str(p) for p in (events / "events").rglob("*.gz"))
@@ -208,11 +217,8 @@ def test_bad_inputs_have_documented_outcomes(tmp_path):
     put("day=1/d.gz", (line(8, 1) + "\n").encode())  # named .gz, not gzip
     put("day=1/e.gz", b"")  # zero bytes
     wh = tmp_path / "wh"
-    s = Server(str(wh), log_path=str(tmp_path / "server.log")).start()
+    s, conn = serve_with_table(wh, tmp_path / "server.log")
     try:
-        conn = adbc_connect(s.uri)
-        execute(conn, "CREATE SCHEMA music")
-        execute(conn, TABLE_DDL)
         loc = f"{land}/"
         # ABORT_STATEMENT (the default) names the file, line and column, and loads nothing.
         err = error_of(conn, copy_sql(loc, ""))
@@ -471,11 +477,8 @@ def test_maintenance_vacuums_old_orphans_only(tmp_path):
     feeder = Feeder(local_put(land), 21, bad_every=1000)
     wh = tmp_path / "wh"
     env = {"STREAMPULSE_INGEST_MAINTENANCE_INTERVAL": "1s", "STREAMPULSE_INGEST_VACUUM_INTERVAL": "1s"}
-    s = Server(str(wh), log_path=str(tmp_path / "server.log"), env=env).start()
+    s, conn = serve_with_table(wh, tmp_path / "server.log", env)
     try:
-        conn = adbc_connect(s.uri)
-        execute(conn, "CREATE SCHEMA music")
-        execute(conn, TABLE_DDL)
         table_dir = next((wh / "music").glob("live-*"))
         old, recent = table_dir / "part-00000-orphan-old.parquet", table_dir / "part-00000-orphan-new.parquet"
         for p in (old, recent):

@@ -41,19 +41,24 @@ fn param(name: &str, value: impl ToString) -> (String, String) {
     (name.to_string(), value.to_string())
 }
 
+/// Where the demo's generated files live: `_landing/demo-sf<scale>` in the (local) warehouse.
+fn demo_dir(engine: &Engine, scale: f64) -> Result<std::path::PathBuf, CliError> {
+    Ok(engine
+        .warehouse()
+        .root()
+        .to_file_path()
+        .map_err(|()| CliError::usage("--demo needs a local warehouse folder"))?
+        .join("_landing")
+        .join(format!("demo-sf{scale}")))
+}
+
 /// Generate, load and run the pipelines unless already done; print the summaries.
 pub async fn load(engine: &Engine, scale: f64) -> Result<(), CliError> {
     let has = |table: &str| engine.catalog().snapshot().table("music", table).is_some();
     if has("plays") {
         info!("demo data already loaded");
     } else {
-        let dir = engine
-            .warehouse()
-            .root()
-            .to_file_path()
-            .map_err(|()| CliError::usage("--demo needs a local warehouse folder"))?
-            .join("_landing")
-            .join(format!("demo-sf{scale}"));
+        let dir = demo_dir(engine, scale)?;
         if !dir.join("manifest.json").exists() {
             println!("Generating the demo dataset (SF {scale}) into {} ...", dir.display());
             let config = streampulse_bench::datagen::Config {
@@ -113,14 +118,7 @@ pub async fn load(engine: &Engine, scale: f64) -> Result<(), CliError> {
 /// `music.plays_events` pipe (sql/ingest.sql, declared here unless it exists) loads them.
 /// It stops when the returned guard is dropped (the server stopping).
 pub async fn start_live(engine: &Engine, scale: f64) -> Result<LiveFeed, CliError> {
-    let dir = engine
-        .warehouse()
-        .root()
-        .to_file_path()
-        .map_err(|()| CliError::usage("--demo needs a local warehouse folder"))?
-        .join("_landing")
-        .join(format!("demo-sf{scale}"))
-        .join("live");
+    let dir = demo_dir(engine, scale)?.join("live");
     let events = dir.join("events");
     std::fs::create_dir_all(&events).map_err(CliError::failed)?;
     if !engine.catalog().snapshot().pipes.contains_key("music.plays_events") {

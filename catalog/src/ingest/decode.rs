@@ -14,6 +14,8 @@ use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::Value;
 
+use crate::sources::json_api::short;
+
 use super::parse::{Compression, FileFormat, FormatKind};
 
 /// Longest raw line kept in `system.load_errors`.
@@ -205,11 +207,6 @@ fn type_name(t: &DataType) -> String {
         DataType::Date32 => "a date (a string like 2025-10-12)".into(),
         other => other.to_string(),
     }
-}
-
-fn short(v: &Value) -> String {
-    let text = v.to_string();
-    if text.chars().count() > 60 { format!("{}…", text.chars().take(60).collect::<String>()) } else { text }
 }
 
 fn decode_csv(data: &[u8], format: &FileFormat, schema: &SchemaRef) -> Result<Decoded, FileError> {

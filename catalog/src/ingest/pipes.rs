@@ -200,7 +200,7 @@ impl Engine {
             ));
         }
         // The target and the location must exist now, not at the first batch.
-        let target = copy_target_name(self, session, copy)?;
+        let (target, _) = managed_target(self, session, copy)?;
         SourceFiles::open(self, &copy.location)?;
         let now = Utc::now().to_rfc3339();
         let entry = PipeEntry {
@@ -234,8 +234,8 @@ impl Engine {
     }
 }
 
-/// `schema.table` of a copy's target, checked to be a managed table.
-fn copy_target_name(engine: &Engine, session: &Session, copy: &CopyInto) -> Result<String> {
+/// `schema.table` of a copy's target and its folder, checked to be a managed table.
+fn managed_target(engine: &Engine, session: &Session, copy: &CopyInto) -> Result<(String, String)> {
     let schema = copy
         .target
         .schema
@@ -243,7 +243,7 @@ fn copy_target_name(engine: &Engine, session: &Session, copy: &CopyInto) -> Resu
         .unwrap_or_else(|| session.ctx().state().config_options().catalog.default_schema.clone());
     let name = format!("{schema}.{}", copy.target.name);
     match engine.catalog().snapshot().table(&schema, &copy.target.name) {
-        Some(TableEntry::Managed { .. }) => Ok(name),
+        Some(TableEntry::Managed { location, .. }) => Ok((name, location.clone())),
         Some(_) => Err(Error::invalid(format!("COPY INTO {name}: only managed tables can be loaded"))),
         None => Err(Error::NotFound { kind: "table", name }),
     }
@@ -353,7 +353,7 @@ async fn run_pipe(engine: Engine, name: String, entry: PipeEntry, config: PipeSe
             if vacuum {
                 last_vacuum = Instant::now();
             }
-            if let Ok(location) = target_location(&engine, &session, &copy) {
+            if let Ok((_, location)) = managed_target(&engine, &session, &copy) {
                 let _ = engine.maintain_ingested(&location, vacuum).await;
             }
         }
@@ -366,16 +366,4 @@ async fn run_pipe(engine: Engine, name: String, entry: PipeEntry, config: PipeSe
         }
     }
     info!(pipe = %name, "pipe stopped");
-}
-
-fn target_location(engine: &Engine, session: &Session, copy: &CopyInto) -> Result<String> {
-    let schema = copy
-        .target
-        .schema
-        .clone()
-        .unwrap_or_else(|| session.ctx().state().config_options().catalog.default_schema.clone());
-    match engine.catalog().snapshot().table(&schema, &copy.target.name) {
-        Some(TableEntry::Managed { location, .. }) => Ok(location.clone()),
-        _ => Err(Error::NotFound { kind: "table", name: format!("{schema}.{}", copy.target.name) }),
-    }
 }

@@ -925,7 +925,8 @@ fn fits(t: &DataType, v: &Value) -> bool {
     }
 }
 
-fn short(v: &Value) -> String {
+/// A JSON value as text, cut at 60 characters (for error messages).
+pub(crate) fn short(v: &Value) -> String {
     let text = v.to_string();
     if text.chars().count() > 60 { format!("{}…", text.chars().take(60).collect::<String>()) } else { text }
 }
