@@ -2,9 +2,11 @@
 //! tables are exactly what [`CatalogStore`] holds. Nothing is registered by hand anywhere else,
 //! so what a query sees is what survives a restart.
 //!
-//! Managed tables are opened at their newest Delta version on every lookup (a query never sees
-//! a stale snapshot). External tables and views are re-planned from their stored statement and
-//! cached per catalog version.
+//! Managed tables are read at their newest Delta version on every lookup (a query never sees
+//! a stale snapshot): the table opened last time is kept, and one HEAD of its next log file
+//! tells whether it is still the newest; only then is the log read again, from where it was.
+//! External tables and views are re-planned from their stored statement and cached per catalog
+//! version.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,7 +22,9 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use datafusion::logical_expr::CreateExternalTable;
 
-use super::state::TableEntry;
+use deltalake::DeltaTable;
+
+use super::state::{CatalogState, TableEntry};
 use super::store::CatalogStore;
 use crate::error::{Error, Result};
 
@@ -33,6 +37,21 @@ pub(crate) struct Shared {
     /// The same session without catalogs, for re-planning external table definitions.
     pub(crate) detached: OnceLock<SessionState>,
     cache: Mutex<HashMap<(String, String), CachedProvider>>,
+    /// Managed tables by location, as last opened.
+    managed: Mutex<HashMap<String, OpenedTable>>,
+}
+
+/// A managed table's Delta table at the version it was read, and its provider at that version.
+#[derive(Clone)]
+struct OpenedTable {
+    table: DeltaTable,
+    provider: Arc<dyn TableProvider>,
+}
+
+impl std::fmt::Debug for OpenedTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedTable").field("version", &self.table.version()).finish()
+    }
 }
 
 /// A re-planned external table or view and the catalog version it was planned at.
@@ -40,7 +59,13 @@ type CachedProvider = (u64, Arc<dyn TableProvider>);
 
 impl Shared {
     pub(crate) fn new(store: Arc<CatalogStore>) -> Arc<Self> {
-        Arc::new(Self { store, planner: OnceLock::new(), detached: OnceLock::new(), cache: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            store,
+            planner: OnceLock::new(),
+            detached: OnceLock::new(),
+            cache: Mutex::new(HashMap::new()),
+            managed: Mutex::new(HashMap::new()),
+        })
     }
 
     fn planner(&self) -> DfResult<&SessionState> {
@@ -63,9 +88,7 @@ impl Shared {
             return Ok(Some(p));
         }
         let provider = match &entry {
-            TableEntry::Managed { location, .. } => {
-                crate::delta::open_table(self.store.warehouse(), location).await?.table_provider().await?
-            }
+            TableEntry::Managed { location, .. } => self.managed(location, &snapshot).await?,
             TableEntry::External { sql, .. } => {
                 let state = self.detached.get().ok_or_else(|| {
                     DataFusionError::Internal("catalog planner used before the engine was built".into())
@@ -97,6 +120,36 @@ impl Shared {
             c.insert(key, (snapshot.version, provider.clone()));
         }
         Ok(Some(provider))
+    }
+}
+
+impl Shared {
+    /// The provider of the managed table at `location` at its newest version.
+    async fn managed(&self, location: &str, catalog: &CatalogState) -> Result<Arc<dyn TableProvider>> {
+        let warehouse = self.store.warehouse();
+        let opened = self.managed.lock().ok().and_then(|m| m.get(location).cloned());
+        let table = match opened {
+            Some(opened) => {
+                let version = opened.table.version().unwrap_or(0);
+                if !crate::delta::has_commit(warehouse, location, version + 1).await? {
+                    return Ok(opened.provider);
+                }
+                let mut table = opened.table;
+                table.update_incremental(None).await?;
+                table
+            }
+            None => crate::delta::open_table(warehouse, location).await?,
+        };
+        let provider = table.table_provider().await?;
+        if let Ok(mut m) = self.managed.lock() {
+            // Tables dropped since are forgotten here too.
+            m.retain(|l, _| catalog.has_location(l));
+            let newer = m.get(location).is_some_and(|o| o.table.version() > table.version());
+            if !newer {
+                m.insert(location.to_string(), OpenedTable { table, provider: provider.clone() });
+            }
+        }
+        Ok(provider)
     }
 }
 

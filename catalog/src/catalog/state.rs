@@ -186,6 +186,14 @@ impl CatalogState {
         self.schemas.get(schema)?.tables.get(table)
     }
 
+    /// Whether some managed table is stored at `location`.
+    pub fn has_location(&self, location: &str) -> bool {
+        self.schemas.values().flat_map(|s| s.tables.values()).any(|t| match t {
+            TableEntry::Managed { location: l, .. } => l == location,
+            _ => false,
+        })
+    }
+
     /// The schema, or a clear error.
     pub fn schema_mut(&mut self, schema: &str) -> Result<&mut SchemaEntry> {
         self.schemas.get_mut(schema).ok_or_else(|| Error::NotFound { kind: "schema", name: schema.to_string() })

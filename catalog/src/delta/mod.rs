@@ -14,6 +14,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::delta_datafusion::planner::DeltaPlanner;
+use object_store::ObjectStoreExt;
 
 use crate::error::Result;
 use crate::storage::Warehouse;
@@ -26,6 +27,18 @@ pub use types::{cast_plan_to, delta_compatible_plan, delta_compatible_schema, de
 pub async fn open_table(warehouse: &Warehouse, location: &str) -> Result<DeltaTable> {
     let url = warehouse.url(location)?;
     Ok(deltalake::open_table_with_storage_options(url, warehouse.storage_options()).await?)
+}
+
+/// Whether the Delta table at `location` has a commit numbered `version`: one HEAD of its log
+/// file. Versions are consecutive, so a table read at version `v` is still the newest exactly
+/// when commit `v + 1` does not exist.
+pub async fn has_commit(warehouse: &Warehouse, location: &str, version: u64) -> Result<bool> {
+    let path = warehouse.path(&format!("{location}/_delta_log/{version:020}.json"));
+    match warehouse.store().head(&path).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The caller's session (its memory pool, spill directory, functions) with deltalake's query
