@@ -246,3 +246,52 @@ def test_bulk_ingest_stages_on_disk_not_in_memory(tmp_path):
         conn.close()
     finally:
         s.stop()
+
+
+def test_wide_rows_are_cut_to_the_message_limit_or_refused_by_name(tmp_path):
+    """Results travel in messages no larger than --max-message-size (4 MiB by default, what every
+    gRPC client accepts): rows of 3 MiB each arrive whole, one per message; a single 5 MiB value
+    cannot be cut, and the error names the row, the column, the size and the setting. With both
+    limits raised (the server's option and ADBC's with_max_msg_size) the same value arrives."""
+    s = Server(str(tmp_path / "wh"), log_path=str(tmp_path / "server.log")).start()
+    try:
+        conn = adbc_connect(s.uri)
+        cur = conn.cursor()
+        cur.execute("SELECT value, repeat(chr(64 + CAST(value AS INT)), 3 * 1024 * 1024) AS v "
+                    "FROM generate_series(1, 6) AS t(value)")
+        rows = cur.fetchall()
+        assert [r[0] for r in rows] == list(range(1, 7))
+        assert all(len(v) == 3 << 20 and set(v) == {chr(64 + i)} for i, v in rows)
+        with pytest.raises(Error) as e:
+            cur.execute("SELECT * FROM (VALUES ('small', 'y'), ('wide', repeat('x', 5 * 1024 * 1024))) "
+                        "AS t(k, payload) ORDER BY k")
+            cur.fetchall()
+        msg = str(e.value)
+        assert "row 2 of the result is 5.0 MiB (column payload holds 5.0 MiB)" in msg, msg
+        assert "the limit is 4.0 MiB (server option --max-message-size" in msg, msg
+        assert "--query-memory-limit" not in msg, msg  # not a memory problem
+        cur2 = conn.cursor()
+        cur2.execute("SELECT 1")
+        assert cur2.fetchone() == (1,)
+        conn.close()
+    finally:
+        s.stop()
+
+    s = Server(str(tmp_path / "wh"), extra_args=["--max-message-size", "32MiB"],
+               log_path=str(tmp_path / "server.log")).start()
+    try:
+        import adbc_driver_flightsql.dbapi as flight_sql
+        from adbc_driver_manager import DatabaseOptions
+
+        from conftest import ADMIN_PASSWORD
+        conn = flight_sql.connect(s.uri, autocommit=True, db_kwargs={
+            DatabaseOptions.USERNAME.value: "admin", DatabaseOptions.PASSWORD.value: ADMIN_PASSWORD,
+            "adbc.flight.sql.client_option.with_max_msg_size": str(32 << 20)})
+        cur = conn.cursor()
+        cur.execute("SELECT repeat('x', 20 * 1024 * 1024) AS payload")
+        assert len(cur.fetchone()[0]) == 20 << 20
+        conn.close()
+    finally:
+        s.stop()
+    r = run_cli("serve", "--warehouse", str(tmp_path / "wh2"), "--max-message-size", "64KiB", check=False)
+    assert r.returncode == 2 and "--max-message-size 64.0 KiB is out of range: give 1MiB to 2047MiB" in r.stderr, r.stderr

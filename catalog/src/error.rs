@@ -287,6 +287,7 @@ pub fn explain_resources(message: &str) -> String {
         .replace("`datafusion.runtime.max_temp_directory_size`", "--spill-max-size (STREAMPULSE_SPILL_MAX_SIZE)");
     if message.contains("--spill-max-size")
         || message.contains("--max-concurrent-queries")
+        || message.contains("--max-message-size")
         || message.contains("Raise --query-memory-limit")
     {
         return message;

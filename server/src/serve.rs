@@ -23,11 +23,23 @@ use crate::auth::{self, Authenticator};
 use crate::cli::{CliError, open_engine};
 use crate::config::{ServerArgs, WarehouseArgs};
 use crate::flight::wrapper::Service;
-use crate::flight::{MAX_MESSAGE_BYTES, StreamPulseFlightSql};
+use crate::flight::{MAX_DECODING_BYTES, StreamPulseFlightSql};
 use crate::http::{HttpState, Metrics};
+
+/// The range `--max-message-size` accepts: a result message must hold a batch and its framing,
+/// and gRPC frames messages with a 32-bit length.
+const MIN_MESSAGE_BYTES: u64 = 1 << 20;
+const MAX_MESSAGE_BYTES: u64 = 2047 << 20;
 
 /// Run the server until SIGINT or SIGTERM.
 pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliError> {
+    let max_message = args.max_message_size.0;
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&max_message) {
+        return Err(CliError::usage(format!(
+            "--max-message-size {} is out of range: give 1MiB to 2047MiB (gRPC frames a message with a 31-bit length)",
+            crate::config::size::format_bytes(max_message)
+        )));
+    }
     let metrics = Metrics::new();
     let http = Arc::new(HttpState { metrics: metrics.clone(), engine: OnceLock::new() });
     let stop_http = CancellationToken::new();
@@ -73,10 +85,11 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
         args.queue_timeout.into(),
         metrics.admission_rejected.clone(),
     );
-    let flight_sql = Arc::new(StreamPulseFlightSql::new(engine.clone(), auth, admission)?);
+    let max_message = max_message as usize;
+    let flight_sql = Arc::new(StreamPulseFlightSql::new(engine.clone(), auth, admission, max_message)?);
     let service = FlightServiceServer::new(Service::new(flight_sql))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_DECODING_BYTES)
+        .max_encoding_message_size(max_message);
     info!(
         address = %bound,
         warehouse = %engine.warehouse().root(),

@@ -12,6 +12,7 @@ use streampulse_engine::{Engine, Error};
 
 use super::{CliError, open_engine};
 use crate::config::WarehouseArgs;
+use crate::config::size::format_bytes;
 
 #[derive(Debug, clap::Args)]
 pub struct SqlArgs {
@@ -109,8 +110,8 @@ pub async fn run_embedded(engine: &Engine, script: &str, print: Option<Output>, 
                      [peak_memory={} spilled_bytes={} spill_count={}]",
                     report.index,
                     report.elapsed.as_secs_f64(),
-                    human_bytes(s.peak_memory),
-                    human_bytes(s.spilled_bytes),
+                    format_bytes(s.peak_memory as u64),
+                    format_bytes(s.spilled_bytes as u64),
                     s.spill_count,
                     s.peak_memory,
                     s.spilled_bytes,
@@ -121,17 +122,6 @@ pub async fn run_embedded(engine: &Engine, script: &str, print: Option<Output>, 
         })
         .await?;
     Ok(())
-}
-
-fn human_bytes(n: usize) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 fn print_status(count: Option<u64>, format: Output) {

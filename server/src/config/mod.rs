@@ -89,6 +89,11 @@ pub struct ServerArgs {
     /// Longest wait in that queue, then RESOURCE_EXHAUSTED "server busy"
     #[arg(long, env = "STREAMPULSE_QUEUE_TIMEOUT", default_value = "60s")]
     pub queue_timeout: humantime::Duration,
+    /// Largest gRPC message the server sends: result batches are cut to fit, and a single row
+    /// larger than this fails with an error naming it. Most gRPC clients accept 4 MiB by default;
+    /// raise both limits together
+    #[arg(long, env = "STREAMPULSE_MAX_MESSAGE_SIZE", default_value = "4MiB")]
+    pub max_message_size: ByteSize,
     /// Name of the admin created on the first start of a fresh warehouse
     #[arg(long, env = "STREAMPULSE_ADMIN_USER", default_value = "admin")]
     pub admin_user: String,

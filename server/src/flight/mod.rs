@@ -7,6 +7,7 @@
 //! and turns an error into a gRPC status in the one place that does it ([`status`]).
 
 pub mod catalog;
+mod fit;
 pub mod ingest;
 pub mod metadata;
 pub mod prepared;
@@ -54,8 +55,8 @@ use statements::batch_stream;
 use status::status;
 use tickets::Tickets;
 
-/// Largest gRPC message accepted or sent (bulk ingest sends big batches).
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Largest gRPC message accepted (bulk ingest sends big batches).
+pub const MAX_DECODING_BYTES: usize = 256 * 1024 * 1024;
 
 type DoGetStream = <StreamPulseFlightSql as FlightService>::DoGetStream;
 type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
@@ -69,13 +70,22 @@ pub struct StreamPulseFlightSql {
     sql_info: SqlInfoData,
     xdbc: XdbcTypeInfoData,
     admission: Admission,
+    /// Largest message sent: result batches are cut to fit (see fit.rs).
+    max_message_bytes: usize,
 }
 
 impl StreamPulseFlightSql {
     /// A service over `engine`, authenticating with `auth`, admitting statements by `admission`.
-    pub fn new(engine: Engine, auth: Arc<Authenticator>, admission: Admission) -> Result<Self> {
+    /// Every message it sends holds at most `max_message_bytes`.
+    pub fn new(
+        engine: Engine,
+        auth: Arc<Authenticator>,
+        admission: Admission,
+        max_message_bytes: usize,
+    ) -> Result<Self> {
         Ok(Self {
             admission,
+            max_message_bytes,
             engine,
             auth,
             tickets: Tickets::default(),

@@ -31,6 +31,7 @@ use streampulse_engine::sql::count_schema;
 use streampulse_engine::{Error, Planned, QueryHandle, Result, Session, StatementKind};
 use tracing::{debug, info};
 
+use super::fit::fit;
 use super::metadata::{client_schema, conform};
 use super::status::{flight_error, flight_status};
 use super::tickets::{Cancellable, Pending};
@@ -232,12 +233,26 @@ impl StreamPulseFlightSql {
                 let (token, guard) = self.tickets.start(id, session, plan, permit, log)?;
                 info!(user = %user, ticket = %id, sql = %sql, "query started");
                 let target = schema.clone();
-                let batches = stream.map(move |r| match r {
-                    Ok(b) => conform(b, &target).map_err(flight_error),
-                    Err(e) => Err(flight_error(e)),
-                });
+                let limit = self.max_message_bytes;
+                let mut rows = 0u64;
+                let batches = stream
+                    .map(move |r| {
+                        let fitted = r.map_err(Error::from).and_then(|b| Ok(conform(b, &target)?)).and_then(|b| {
+                            let first = rows;
+                            rows += b.num_rows() as u64;
+                            fit(b, limit, first)
+                        });
+                        match fitted {
+                            Ok(parts) => parts.into_iter().map(Ok).collect(),
+                            Err(e) => vec![Err(flight_error(e))],
+                        }
+                    })
+                    .flat_map(futures::stream::iter);
                 let guarded = Cancellable::new(batches, token, guard);
-                Ok(Box::pin(FlightDataEncoderBuilder::new().with_schema(schema).build(guarded).map_err(flight_status)))
+                let encoder = FlightDataEncoderBuilder::new()
+                    .with_schema(schema)
+                    .with_max_flight_data_size(ENCODER_MESSAGE_BYTES.min(limit / 2));
+                Ok(Box::pin(encoder.build(guarded).map_err(flight_status)))
             }
         }
     }
@@ -252,6 +267,9 @@ impl StreamPulseFlightSql {
         })
     }
 }
+
+/// The size arrow-flight's encoder aims for per message (its default), when the limit allows.
+const ENCODER_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// The protocol name system.queries shows for statements that came over Flight SQL.
 pub(crate) const PROTOCOL: &str = "flight_sql";
