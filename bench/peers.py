@@ -4,12 +4,13 @@ that bench/pipelines.py can measure each one's wall time and peak RSS.
 
     python3 bench/peers.py <peer> <pipeline> --data DIR [--run-date D] [--month YYYY-MM]
 
-peer/pipeline pairs: duckdb A|D|E, polars A, pandas A|E, numpy B. Definitions are those of
+peer/pipeline pairs: duckdb A|D|E, polars A, pandas A|E, numpy B, spark A|D (local mode, pyspark). Definitions are those of
 sql/pipelines/*.sql (see each script's header). Each prints one line: rows produced, and for D
 the per-model totals, so a run can be checked against ours.
 """
 
 import argparse
+import os
 import json
 import sys
 from pathlib import Path
@@ -266,10 +267,108 @@ def _e_tests(per_user):
     return out
 
 
+# ---------------------------------------------------------------- Spark local (the audit's pick)
+
+def _spark():
+    """A local Spark session on every core, dates in UTC (as ours), with room to work: the driver
+    JVM is the whole of local mode."""
+    from pyspark.sql import SparkSession
+    return (SparkSession.builder.master(f"local[{os.cpu_count()}]").appName("streampulse-peer")
+            .config("spark.driver.memory", os.environ.get("SPARK_DRIVER_MEMORY", "8g"))
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.sql.shuffle.partitions", str(4 * (os.cpu_count() or 1)))
+            .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate())
+
+
+def _spark_stop(spark):
+    """Stop Spark and wait for its JVM, so that the JVM's peak RSS counts as this process's
+    (wait4 reports a child's waited-for descendants)."""
+    from pyspark import SparkContext
+    gateway = SparkContext._gateway
+    spark.stop()
+    proc = getattr(gateway, "proc", None)
+    gateway.shutdown()
+    if proc is not None:
+        proc.stdin.close()
+        proc.wait(120)
+
+
+def _spark_view(spark, data: Path, name: str):
+    fmt = json.loads((data / "manifest.json").read_text())["format"]
+    path = data / name
+    target = str(path) if path.is_dir() else f"{path}.{fmt}"
+    df = spark.read.parquet(target) if fmt == "parquet" else spark.read.csv(target, header=True, inferSchema=True)
+    df.createOrReplaceTempView(name)
+
+
+def spark_a(data: Path, **_):
+    spark = _spark()
+    _spark_view(spark, data, "plays")
+    n = spark.sql("""
+        SELECT count(*) FROM (
+          SELECT CAST(played_at AS DATE) AS play_date, song_id, artist_id, count(*) AS plays,
+                 count(DISTINCT user_id) AS listeners, sum(ms_played) AS ms_played,
+                 sum(CASE WHEN skipped THEN 1 ELSE 0 END) AS skips
+          FROM plays GROUP BY 1, 2, 3)""").collect()[0][0]
+    _spark_stop(spark)
+    return n
+
+
+# Pipeline D in Spark SQL: the same definitions as duckdb_royalties_sql (DECIMAL(38,0) for the
+# exact amount * weight, `div` for integer division).
+_SPARK_SPLIT = """
+    SELECT pool, artist_id, amount, weight,
+           CAST(div(CAST(amount AS DECIMAL(38,0)) * weight, total) AS BIGINT)
+           + CASE WHEN row_number() OVER (PARTITION BY pool ORDER BY (CAST(amount AS DECIMAL(38,0)) * weight) % total DESC, artist_id)
+                       <= amount - sum(div(CAST(amount AS DECIMAL(38,0)) * weight, total)) OVER (PARTITION BY pool)
+                  THEN 1 ELSE 0 END AS share
+    FROM (SELECT *, sum(weight) OVER (PARTITION BY pool) AS total FROM {src})
+"""
+
+
+def spark_d(data: Path, month: str, **_):
+    spark = _spark()
+    for name in ("plays", "subscriptions", "ad_revenue"):
+        _spark_view(spark, data, name)
+    first = f"DATE '{month}-01'"
+    split = _SPARK_SPLIT.format
+    rows = spark.sql(f"""
+        WITH q AS (
+            SELECT user_id, artist_id, country, ms_played FROM plays
+            WHERE ms_played >= 30000 AND CAST(played_at AS DATE) >= {first}
+              AND CAST(played_at AS DATE) < add_months({first}, 1)),
+        sub AS (SELECT user_id, country, sum(amount_cents) AS amount FROM subscriptions
+                WHERE CAST(month AS DATE) = {first} GROUP BY user_id, country),
+        ad AS (SELECT country, sum(amount_cents) AS amount FROM ad_revenue
+               WHERE CAST(day AS DATE) >= {first} AND CAST(day AS DATE) < add_months({first}, 1) GROUP BY country),
+        pool AS (SELECT country, sum(amount) AS amount
+                 FROM (SELECT country, amount FROM sub UNION ALL SELECT country, amount FROM ad) GROUP BY country),
+        ca AS (SELECT country, artist_id, count(*) AS streams FROM q GROUP BY country, artist_id),
+        ua AS (SELECT user_id, artist_id, sum(ms_played) AS ms FROM q GROUP BY user_id, artist_id),
+        pr_in AS (SELECT p.country AS pool, ca.artist_id, p.amount, ca.streams AS weight FROM pool p JOIN ca ON p.country = ca.country),
+        ad_in AS (SELECT a.country AS pool, ca.artist_id, a.amount, ca.streams AS weight FROM ad a JOIN ca ON a.country = ca.country),
+        uc_in AS (SELECT s.user_id AS pool, ua.artist_id, s.amount, ua.ms AS weight FROM sub s JOIN ua ON s.user_id = ua.user_id),
+        alloc AS (
+            SELECT 'pro_rata' AS model, artist_id, share FROM ({split(src="pr_in")})
+            UNION ALL SELECT 'user_centric', artist_id, share FROM ({split(src="ad_in")})
+            UNION ALL SELECT 'user_centric', artist_id, share FROM ({split(src="uc_in")})
+            UNION ALL SELECT 'pro_rata', NULL, amount FROM pool WHERE country NOT IN (SELECT country FROM ca)
+            UNION ALL SELECT 'user_centric', NULL, amount FROM ad WHERE country NOT IN (SELECT country FROM ca)
+            UNION ALL SELECT 'user_centric', NULL, amount FROM sub WHERE user_id NOT IN (SELECT user_id FROM ua)),
+        streams AS (SELECT artist_id, count(*) AS n FROM q GROUP BY artist_id),
+        royalties AS (
+            SELECT model, a.artist_id, CAST(sum(share) AS BIGINT) AS amount_cents, coalesce(max(s.n), 0) AS streams
+            FROM alloc a LEFT JOIN streams s ON a.artist_id = s.artist_id
+            GROUP BY model, a.artist_id)
+        SELECT model, count(*), sum(amount_cents) FROM royalties GROUP BY model ORDER BY model""").collect()
+    _spark_stop(spark)
+    return [tuple(r) for r in rows]
+
+
 PEERS = {
-    ("duckdb", "A"): duckdb_a, ("polars", "A"): polars_a, ("pandas", "A"): pandas_a,
+    ("duckdb", "A"): duckdb_a, ("polars", "A"): polars_a, ("pandas", "A"): pandas_a, ("spark", "A"): spark_a,
     ("numpy", "B"): numpy_b,
-    ("duckdb", "D"): duckdb_d,
+    ("duckdb", "D"): duckdb_d, ("spark", "D"): spark_d,
     ("duckdb", "E"): duckdb_e, ("pandas", "E"): pandas_e,
 }
 
