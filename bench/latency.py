@@ -37,6 +37,7 @@ from recommend_quality import binary  # noqa: E402
 
 os.environ.setdefault("STREAMPULSE_BIN", binary())
 from conftest import Server, adbc_connect  # noqa: E402
+from ingest import hwm, percentile  # noqa: E402  (one reader of /proc VmHWM)
 
 COUNTRIES = 20
 TABLE = """CREATE TABLE lat.users PARTITIONED BY (country) AS
@@ -84,19 +85,6 @@ def client(uri, kind, rows, seconds, start_at, seed, out):
     conn.close()
     out.put(times)
 
-
-def percentile(values, q):
-    values = sorted(values)
-    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
-    return values[k]
-
-
-def hwm(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def main():

@@ -38,6 +38,7 @@ from recommend_quality import binary  # noqa: E402
 
 os.environ.setdefault("STREAMPULSE_BIN", binary())
 from conftest import Server, adbc_connect  # noqa: E402
+from ingest import hwm  # noqa: E402  (one reader of /proc VmHWM)
 
 TABLES = ["region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem"]
 QUERIES = ROOT / "bench" / "tpch"
@@ -121,13 +122,6 @@ def compare(n, ours, theirs) -> str | None:
             return f"Q{n} row {i}: {ra} vs DuckDB {rb}"
     return None
 
-
-def hwm(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def main():
