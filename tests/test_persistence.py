@@ -50,6 +50,18 @@ def test_two_servers_on_one_root_keep_both_changes(tmp_path):
         assert cur.fetchall() == [("from_a",), ("from_b",)]
         cur.execute("SELECT (SELECT x FROM from_a.t) + (SELECT x FROM from_b.t)")
         assert cur.fetchone() == (3,)
+    # A table one server has read, then written or replaced by the other: the first sees the
+    # change at once (it keeps tables open and checks for a newer Delta version on each lookup).
+    cur = ca.cursor()
+    cur.execute("SELECT sum(x) FROM from_b.t")
+    assert cur.fetchone() == (2,)
+    cb.cursor().execute("INSERT INTO from_b.t VALUES (5)")
+    cur.execute("SELECT sum(x) FROM from_b.t")
+    assert cur.fetchone() == (7,)
+    cb.cursor().execute("DROP TABLE from_b.t")
+    cb.cursor().execute("CREATE TABLE from_b.t AS SELECT 40 AS x")
+    cur.execute("SELECT sum(x) FROM from_b.t")
+    assert cur.fetchone() == (40,)
     # The same name created on both: exactly one wins, the other gets a clear error.
     ca.cursor().execute("CREATE SCHEMA contested")
     try:
