@@ -4,7 +4,7 @@ that bench/pipelines.py can measure each one's wall time and peak RSS.
 
     python3 bench/peers.py <peer> <pipeline> --data DIR [--run-date D] [--month YYYY-MM]
 
-peer/pipeline pairs: duckdb A|D|E, polars A, pandas A|E, numpy B, spark A|D (local mode, pyspark). Definitions are those of
+peer/pipeline pairs: duckdb A|D|E, polars A|D|E, pandas A|E, numpy B, spark A|D (local mode, pyspark). Definitions are those of
 sql/pipelines/*.sql (see each script's header). Each prints one line: rows produced, and for D
 the per-model totals, so a run can be checked against ours.
 """
@@ -172,6 +172,69 @@ def duckdb_d(data: Path, month: str, **_):
     return duckdb.sql(f"SELECT model, count(*), sum(amount_cents) FROM ({sql}) GROUP BY model ORDER BY model").fetchall()
 
 
+def _polars_split(inputs):
+    """Hamilton's method on (pool, artist_id, amount, weight): the floor of amount * weight / total,
+    then one more cent to the largest remainders of each pool (ties to the lower artist), in
+    Int128 so amount * weight is exact; as _SPLIT."""
+    import polars as pl
+    exact = pl.col("amount").cast(pl.Int128) * pl.col("weight").cast(pl.Int128)
+    total = pl.col("weight").sum().over("pool").cast(pl.Int128)
+    return (
+        inputs.with_columns((exact // total).alias("floor"), (exact % total).alias("rem"))
+        .sort(["pool", "rem", "artist_id"], descending=[False, True, False])
+        .with_columns((pl.int_range(1, pl.len() + 1).over("pool")).alias("rank"),
+                      (pl.col("amount") - pl.col("floor").sum().over("pool")).alias("left"))
+        .select("artist_id", (pl.col("floor") + (pl.col("rank") <= pl.col("left")).cast(pl.Int128)).alias("share"))
+    )
+
+
+def polars_d(data: Path, month: str, **_):
+    """Pipeline D (pro-rata and user-centric royalties) in Polars' lazy API, as duckdb_royalties_sql."""
+    import datetime as dt
+
+    import polars as pl
+    files, fmt = plays_files(data)
+    if fmt != "parquet":
+        sys.exit("the Polars peer of D reads Parquet (datagen --format parquet)")
+    first = dt.date.fromisoformat(f"{month}-01")
+    nxt = (first + dt.timedelta(days=32)).replace(day=1)
+    day = pl.col("played_at").dt.convert_time_zone("UTC").dt.replace_time_zone(None).dt.date()
+    q = (pl.scan_parquet(files).select("user_id", "artist_id", "country", "ms_played", "played_at")
+         .filter((pl.col("ms_played") >= 30000) & (day >= first) & (day < nxt)).drop("played_at"))
+    sub = (pl.scan_parquet(data / "subscriptions.parquet").filter(pl.col("month").cast(pl.Date) == first)
+           .group_by("user_id", "country").agg(pl.col("amount_cents").sum().alias("amount")))
+    ad = (pl.scan_parquet(data / "ad_revenue.parquet")
+          .filter((pl.col("day").cast(pl.Date) >= first) & (pl.col("day").cast(pl.Date) < nxt))
+          .group_by("country").agg(pl.col("amount_cents").sum().alias("amount")))
+    pool = pl.concat([sub.select("country", "amount"), ad]).group_by("country").agg(pl.col("amount").sum())
+    q = q.cache()
+    ca = q.group_by("country", "artist_id").agg(pl.len().cast(pl.Int64).alias("weight"))
+    ua = q.group_by("user_id", "artist_id").agg(pl.col("ms_played").cast(pl.Int64).sum().alias("weight"))
+    pr_in = pool.join(ca, on="country").rename({"country": "pool"})
+    ad_in = ad.join(ca, on="country").rename({"country": "pool"})
+    uc_in = sub.select("user_id", "amount").join(ua, on="user_id").rename({"user_id": "pool"})
+
+    def unsplit(frame, key, against):
+        """A pool nothing can be split by: the whole amount, unallocated (no artist)."""
+        return (frame.join(against.select(key).unique(), on=key, how="anti")
+                .select(pl.lit(None, pl.Int64).alias("artist_id"), pl.col("amount").cast(pl.Int128).alias("share")))
+
+    alloc = pl.concat([
+        _polars_split(pr_in).with_columns(pl.lit("pro_rata").alias("model")),
+        _polars_split(ad_in).with_columns(pl.lit("user_centric").alias("model")),
+        _polars_split(uc_in).with_columns(pl.lit("user_centric").alias("model")),
+        unsplit(pool, "country", ca).with_columns(pl.lit("pro_rata").alias("model")),
+        unsplit(ad, "country", ca).with_columns(pl.lit("user_centric").alias("model")),
+        unsplit(sub, "user_id", ua).with_columns(pl.lit("user_centric").alias("model")),
+    ])
+    streams = q.group_by("artist_id").agg(pl.len().alias("n"))
+    royalties = (alloc.join(streams, on="artist_id", how="left")
+                 .group_by("model", "artist_id")
+                 .agg(pl.col("share").sum().cast(pl.Int64).alias("amount_cents"), pl.col("n").max().fill_null(0)))
+    out = (royalties.group_by("model").agg(pl.len(), pl.col("amount_cents").sum()).sort("model").collect())
+    return [tuple(r) for r in out.iter_rows()]
+
+
 # ---------------------------------------------------------------- E: A/B analytics
 
 DUCKDB_E_PER_USER = """
@@ -236,10 +299,56 @@ def pandas_e(data: Path, **_):
     return _e_tests(pd.concat(frames))
 
 
+def polars_e(data: Path, **_):
+    """Pipeline E's per-user sums in Polars (sha256 buckets by the polars-hash plugin), then the
+    same statistics as the other peers (_e_tests)."""
+    import datetime as dt
+    import math
+
+    import polars as pl
+    import polars_hash  # noqa: F401  (registers the .chash namespace)
+    files, fmt = plays_files(data)
+    if fmt != "parquet":
+        sys.exit("the Polars peer of E reads Parquet (datagen --format parquet)")
+    day = pl.col("played_at").dt.convert_time_zone("UTC").dt.replace_time_zone(None).dt.date()
+    plays = (pl.scan_parquet(files).select("user_id", "played_at", "ms_played", "skipped")
+             .with_columns(day.alias("d")).drop("played_at"))
+    experiments = pl.read_parquet(data / "experiments.parquet")
+    frames = []
+    for e in experiments.iter_rows(named=True):
+        start, end = e["start_date"], e["end_date"]
+        pre_start = start - dt.timedelta(days=14)
+        post = pl.col("d") >= start
+        per_user = (
+            plays.filter((pl.col("d") >= pre_start) & (pl.col("d") <= end))
+            .group_by("user_id")
+            .agg(post.sum().cast(pl.Int64).alias("plays"), (post & pl.col("skipped")).sum().cast(pl.Int64).alias("skips"),
+                 pl.col("ms_played").filter(post).cast(pl.Int64).sum().alias("ms"),
+                 (~post).sum().cast(pl.Int64).alias("pre_plays"),
+                 (~post & pl.col("skipped")).sum().cast(pl.Int64).alias("pre_skips"),
+                 pl.col("ms_played").filter(~post).cast(pl.Int64).sum().alias("pre_ms"))
+            .filter(pl.col("plays") > 0)
+        )
+        # bucket = first 8 bytes of sha256('salt:user_id') as an unsigned big-endian integer,
+        # mod 100, from its two 32-bit halves (2^32 mod 100 = 96) so nothing overflows.
+        digest = (pl.lit(f"{e['salt']}:") + pl.col("user_id").cast(pl.Utf8)).chash.sha2_256()
+        high = digest.str.slice(0, 8).str.to_integer(base=16).cast(pl.Int64)
+        low = digest.str.slice(8, 8).str.to_integer(base=16).cast(pl.Int64)
+        bucket = ((high % 100) * 96 + low % 100) % 100
+        enrolled = math.floor(100 * e["traffic_share"] + 0.5)
+        cut = math.floor(100 * e["traffic_share"] * (1 - e["treatment_share"]) + 0.5)
+        per_user = (per_user.with_columns(bucket.alias("bucket")).filter(pl.col("bucket") < enrolled)
+                    .with_columns(pl.when(pl.col("bucket") >= cut).then(pl.lit("treatment")).otherwise(pl.lit("control"))
+                                  .alias("variant"), pl.lit(e["experiment_id"]).alias("experiment_id")))
+        frames.append(per_user.collect())
+    return _e_tests(pl.concat(frames).to_pandas())
+
+
 def _e_tests(per_user):
     """Pipeline E's statistics from the per-user sums: delta method + CUPED for the four ratio and
     mean metrics (per-user linearisation, least squares for theta, Welch t), the pooled z-test of
-    the engaged-user rate, and the SRM chi-square."""
+    the engaged-user rate, and the SRM chi-square. Returns (tests run, per-user rows), the
+    second to check peers against each other."""
     import numpy as np
     from scipy import stats
     out = 0
@@ -264,7 +373,7 @@ def _e_tests(per_user):
         pooled = x.sum() / n.sum()
         stats.norm.sf(abs(x[0] / n[0] - x[1] / n[1]) / np.sqrt(pooled * (1 - pooled) * (1 / n[0] + 1 / n[1])))
         out += 2
-    return out
+    return out, len(per_user)
 
 
 # ---------------------------------------------------------------- Spark local (the audit's pick)
@@ -368,8 +477,8 @@ def spark_d(data: Path, month: str, **_):
 PEERS = {
     ("duckdb", "A"): duckdb_a, ("polars", "A"): polars_a, ("pandas", "A"): pandas_a, ("spark", "A"): spark_a,
     ("numpy", "B"): numpy_b,
-    ("duckdb", "D"): duckdb_d, ("spark", "D"): spark_d,
-    ("duckdb", "E"): duckdb_e, ("pandas", "E"): pandas_e,
+    ("duckdb", "D"): duckdb_d, ("polars", "D"): polars_d, ("spark", "D"): spark_d,
+    ("duckdb", "E"): duckdb_e, ("polars", "E"): polars_e, ("pandas", "E"): pandas_e,
 }
 
 
