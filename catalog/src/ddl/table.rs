@@ -48,7 +48,7 @@ impl Engine {
         let source = if matches!(c.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row) {
             Source::Empty(Arc::new(arrow_schema))
         } else {
-            Source::Plan(delta::delta_compatible_plan((*c.input).clone())?, Box::new(session.ctx().state()))
+            Source::Plan(delta::delta_compatible_plan((*c.input).clone())?, Box::new(session.clone()))
         };
         let location = delta::create_table(self.warehouse(), &schema, &table, source, &partition_columns).await?;
         let entry = TableEntry::Managed { location: location.clone(), partition_columns };

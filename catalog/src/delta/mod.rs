@@ -11,7 +11,6 @@ mod types;
 use std::sync::Arc;
 
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::delta_datafusion::planner::DeltaPlanner;
 use object_store::ObjectStoreExt;
@@ -43,6 +42,11 @@ pub async fn has_commit(warehouse: &Warehouse, location: &str, version: u64) -> 
 
 /// The caller's session (its memory pool, spill directory, functions) with deltalake's query
 /// planner, which knows the plan nodes deltalake's writes, updates and deletes build.
-pub fn delta_session(ctx: &SessionContext) -> Arc<dyn datafusion::catalog::Session> {
-    Arc::new(SessionStateBuilder::new_from_existing(ctx.state()).with_query_planner(DeltaPlanner::new()).build())
+pub fn delta_session(session: &crate::session::Session) -> Arc<dyn datafusion::catalog::Session> {
+    Arc::new(
+        SessionStateBuilder::new_from_existing(session.ctx().state())
+            .with_runtime_env(Arc::clone(session.runtime()))
+            .with_query_planner(DeltaPlanner::new())
+            .build(),
+    )
 }

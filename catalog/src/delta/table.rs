@@ -8,7 +8,6 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::TableReference;
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
 use deltalake::kernel::StructType;
@@ -19,14 +18,15 @@ use tracing::warn;
 
 use super::types::delta_compatible_schema;
 use crate::error::{Error, Result};
+use crate::session::Session;
 use crate::storage::Warehouse;
 
 /// Where a new managed table's rows come from.
 pub enum Source {
     /// No rows, only a schema.
     Empty(SchemaRef),
-    /// A query's result, planned in the given session.
-    Plan(LogicalPlan, Box<SessionState>),
+    /// A query's result, planned and run in the given session (under its per-query pool).
+    Plan(LogicalPlan, Box<Session>),
 }
 
 /// Create a Delta table for `schema.table` under a fresh folder and fill it from `source`;
@@ -58,7 +58,7 @@ pub async fn create_table(
             .await?;
         match source {
             Source::Empty(_) => {}
-            Source::Plan(plan, state) => {
+            Source::Plan(plan, session) => {
                 // Planned as a whole INSERT, exactly like `INSERT INTO`, so the optimizer
                 // gathers every input partition into Delta's sink (which commits once).
                 let provider = delta.table_provider().await?;
@@ -68,8 +68,8 @@ pub async fn create_table(
                     WriteOp::Insert(InsertOp::Append),
                     Arc::new(plan),
                 );
-                let physical = state.create_physical_plan(&LogicalPlan::Dml(dml)).await?;
-                count_rows(datafusion::physical_plan::execute_stream(physical, state.task_ctx())?).await?;
+                let physical = session.ctx().state().create_physical_plan(&LogicalPlan::Dml(dml)).await?;
+                count_rows(session.execute(physical)?).await?;
             }
         }
         Ok(())

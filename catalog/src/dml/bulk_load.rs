@@ -98,7 +98,7 @@ impl Engine {
                     table_delta
                         .write(Vec::<RecordBatch>::new())
                         .with_input_plan(delta::cast_plan_to(staged.scan(session.ctx(), &nullable).await?, &columns)?)
-                        .with_session_state(delta::delta_session(session.ctx()))
+                        .with_session_state(delta::delta_session(session))
                         .with_save_mode(SaveMode::Append)
                         .await?;
                 }
@@ -110,7 +110,7 @@ impl Engine {
                     Source::Empty(schema)
                 } else {
                     let plan = delta::delta_compatible_plan(staged.scan(session.ctx(), &nullable).await?)?;
-                    Source::Plan(plan, Box::new(session.ctx().state()))
+                    Source::Plan(plan, Box::new(session.clone()))
                 };
                 let location = delta::create_table(self.warehouse(), &schema_name, &table, source, &[]).await?;
                 let entry = TableEntry::Managed { location: location.clone(), partition_columns: Vec::new() };

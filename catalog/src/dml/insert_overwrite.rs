@@ -84,7 +84,7 @@ impl Engine {
         table_delta
             .write(Vec::<arrow::record_batch::RecordBatch>::new())
             .with_input_plan(staged.scan(session.ctx(), &columns).await?)
-            .with_session_state(delta::delta_session(session.ctx()))
+            .with_session_state(delta::delta_session(session))
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(predicate)
             .await?;

@@ -70,7 +70,7 @@ impl Engine {
             .merge(source, on)
             .with_target_alias(TARGET)
             .with_source_alias(SOURCE)
-            .with_session_state(delta::delta_session(session.ctx()));
+            .with_session_state(delta::delta_session(session));
         for clause in &op.clauses {
             let predicate = clause.predicate.clone().map(|p| rename.apply(p)).transpose()?;
             let kind = clause.kind.canonical();
@@ -262,8 +262,9 @@ async fn check_unique_keys(session: &Session, source: &LogicalPlan, on: &Expr) -
         .aggregate(key_cols, vec![count.alias("n")])?
         .filter(Expr::Column(Column::new_unqualified("n")).gt(datafusion::prelude::lit(1i64)))?
         .limit(0, Some(1))?
-        .collect()
+        .create_physical_plan()
         .await?;
+    let dupes = datafusion::physical_plan::common::collect(session.execute(dupes)?).await?;
     let Some(batch) = dupes.iter().find(|b| b.num_rows() > 0) else {
         return Ok(());
     };

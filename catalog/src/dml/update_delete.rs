@@ -32,7 +32,7 @@ impl Engine {
             if let Some(p) = predicate {
                 builder = builder.with_predicate(unqualify(p)?);
             }
-            let (_, metrics) = builder.with_session_state(delta::delta_session(session.ctx())).await?;
+            let (_, metrics) = builder.with_session_state(delta::delta_session(session)).await?;
             metrics.num_deleted_rows.unwrap_or(0) as u64
         } else {
             let mut builder = table_delta.update();
@@ -42,7 +42,7 @@ impl Engine {
             if let Some(p) = predicate {
                 builder = builder.with_predicate(unqualify(p)?);
             }
-            let (_, metrics) = builder.with_session_state(delta::delta_session(session.ctx())).await?;
+            let (_, metrics) = builder.with_session_state(delta::delta_session(session)).await?;
             metrics.num_updated_rows as u64
         };
         info!(schema = %schema, table = %table, rows, op = verb, "rows changed");

@@ -148,6 +148,14 @@ impl Engine {
         // Plain Utf8 everywhere: Delta and older Flight SQL clients do not know the view types.
         session_config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         session_config.options_mut().execution.parquet.schema_force_view_types = false;
+        let (batch_size, sort_reservation) = memory_scaled_sizes(query_memory_limit);
+        let options = session_config.options_mut();
+        let batch_size = options.execution.batch_size.get().min(batch_size);
+        if let Ok(size) = datafusion::common::config::ConfigNonZeroUsize::try_new(batch_size) {
+            options.execution.batch_size = size;
+        }
+        options.execution.sort_spill_reservation_bytes =
+            options.execution.sort_spill_reservation_bytes.min(sort_reservation);
         if let Some(compression) = &config.spill_compression {
             session_config
                 .options_mut()
@@ -210,34 +218,23 @@ impl Engine {
 
     /// A fresh session over the shared catalog and functions, with its own [`QueryPool`]: what
     /// it runs is capped at the per-query limit inside the global pool, and its peak is kept.
+    ///
+    /// The session's context is a clone of the engine's (settings a script SETs stay in its own
+    /// session); only the runtime its plans execute under is new. Building a context through
+    /// `SessionStateBuilder` instead re-registers every function and cost about a sixth of a
+    /// `SELECT 1`.
     pub fn session(&self) -> Session {
         let pool = Arc::new(QueryPool::new(Arc::clone(&self.global_pool), self.query_memory_limit));
         let shared: Arc<dyn MemoryPool> = pool.clone();
-        let ctx =
+        let runtime =
             match RuntimeEnvBuilder::from_runtime_env(self.base.runtime_env()).with_memory_pool(shared).build_arc() {
-                Ok(runtime) => {
-                    let mut config = self.base.config().clone();
-                    let (batch_size, sort_reservation) = memory_scaled_sizes(self.query_memory_limit);
-                    let options = config.options_mut();
-                    let batch_size = options.execution.batch_size.get().min(batch_size);
-                    if let Ok(size) = datafusion::common::config::ConfigNonZeroUsize::try_new(batch_size) {
-                        options.execution.batch_size = size;
-                    }
-                    options.execution.sort_spill_reservation_bytes =
-                        options.execution.sort_spill_reservation_bytes.min(sort_reservation);
-                    SessionContext::new_with_state(
-                        SessionStateBuilder::new_from_existing(self.base.clone())
-                            .with_config(config)
-                            .with_runtime_env(runtime)
-                            .build(),
-                    )
-                }
+                Ok(runtime) => runtime,
                 Err(e) => {
                     warn!(error = %e, "cannot build a per-query runtime; using the shared pool alone");
-                    SessionContext::new_with_state(self.base.clone())
+                    Arc::clone(self.base.runtime_env())
                 }
             };
-        Session::new(ctx, pool)
+        Session::new(SessionContext::new_with_state(self.base.clone()), runtime, pool)
     }
 
     /// The per-query memory cap in bytes.

@@ -1,9 +1,12 @@
-//! One caller's session: a DataFusion context whose memory pool is its own [`QueryPool`], so
-//! what it runs is capped at the per-query limit and measured (peak reserved memory, spills).
+//! One caller's session: a DataFusion context for planning, and a runtime whose memory pool is
+//! its own [`QueryPool`], so what it runs is capped at the per-query limit and measured (peak
+//! reserved memory, spills).
 //!
-//! Every plan a session runs goes through [`Session::execute`], which adds the plan's spill
-//! figures to the session's statistics when its stream ends or is dropped: the one place where
-//! "execute, then record what it spilled" happens.
+//! Every plan a session runs goes through [`Session::execute`], which runs it under the
+//! session's runtime and adds the plan's spill figures to the session's statistics when its
+//! stream ends or is dropped: the one place where "execute, then record what it spilled"
+//! happens. The context itself keeps the engine's shared runtime: planning reserves no memory,
+//! and building a context per statement with its own runtime cost more than the statement.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +14,8 @@ use std::task::{Context, Poll};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
@@ -35,6 +39,8 @@ pub struct QueryStats {
 #[derive(Clone)]
 pub struct Session {
     ctx: SessionContext,
+    /// The engine's runtime with `pool` as its memory pool: what plans execute under.
+    runtime: Arc<RuntimeEnv>,
     pool: Arc<QueryPool>,
     origin: Origin,
 }
@@ -57,8 +63,8 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(ctx: SessionContext, pool: Arc<QueryPool>) -> Self {
-        Self { ctx, pool, origin: Origin { user: "embedded".into(), protocol: "embedded", run: None } }
+    pub(crate) fn new(ctx: SessionContext, runtime: Arc<RuntimeEnv>, pool: Arc<QueryPool>) -> Self {
+        Self { ctx, runtime, pool, origin: Origin { user: "embedded".into(), protocol: "embedded", run: None } }
     }
 
     /// The same session, its statements attributed to `origin`.
@@ -77,7 +83,8 @@ impl Session {
         &self.origin
     }
 
-    /// The DataFusion context (planning, `ctx.sql`, table lookups).
+    /// The DataFusion context (planning, `ctx.sql`, table lookups). Run what it plans with
+    /// [`Session::execute`]: the context's own task context has no per-query cap.
     pub fn ctx(&self) -> &SessionContext {
         &self.ctx
     }
@@ -99,10 +106,34 @@ impl Session {
         Ok(df.create_physical_plan().await?)
     }
 
+    /// The runtime the session's plans execute under: the engine's, with the per-query pool.
+    pub fn runtime(&self) -> &Arc<RuntimeEnv> {
+        &self.runtime
+    }
+
+    /// The session's functions and settings with its own runtime (the per-query pool).
+    pub fn task_ctx(&self) -> Arc<TaskContext> {
+        let runtime = Arc::clone(&self.runtime);
+        match Arc::try_unwrap(self.ctx.task_ctx()) {
+            Ok(task) => Arc::new(task.with_runtime(runtime)),
+            // Never shared when just made; rebuilt from its parts should that change.
+            Err(shared) => Arc::new(TaskContext::new(
+                shared.task_id(),
+                shared.session_id(),
+                shared.session_config().clone(),
+                shared.scalar_functions().clone(),
+                shared.higher_order_functions().clone(),
+                shared.aggregate_functions().clone(),
+                shared.window_functions().clone(),
+                runtime,
+            )),
+        }
+    }
+
     /// Run a physical plan as a stream of batches; its spills are added to [`Session::stats`]
     /// when the stream ends or is dropped.
     pub fn execute(&self, plan: Arc<dyn ExecutionPlan>) -> Result<SendableRecordBatchStream> {
-        let inner = datafusion::physical_plan::execute_stream(Arc::clone(&plan), self.ctx.task_ctx())?;
+        let inner = datafusion::physical_plan::execute_stream(Arc::clone(&plan), self.task_ctx())?;
         Ok(Box::pin(RecordSpills { inner, plan, pool: Arc::clone(&self.pool), recorded: false }))
     }
 }
