@@ -113,21 +113,8 @@ impl Session {
 
     /// The session's functions and settings with its own runtime (the per-query pool).
     pub fn task_ctx(&self) -> Arc<TaskContext> {
-        let runtime = Arc::clone(&self.runtime);
-        match Arc::try_unwrap(self.ctx.task_ctx()) {
-            Ok(task) => Arc::new(task.with_runtime(runtime)),
-            // Never shared when just made; rebuilt from its parts should that change.
-            Err(shared) => Arc::new(TaskContext::new(
-                shared.task_id(),
-                shared.session_id(),
-                shared.session_config().clone(),
-                shared.scalar_functions().clone(),
-                shared.higher_order_functions().clone(),
-                shared.aggregate_functions().clone(),
-                shared.window_functions().clone(),
-                runtime,
-            )),
-        }
+        let task = TaskContext::from(&*self.ctx.state_ref().read());
+        Arc::new(task.with_runtime(Arc::clone(&self.runtime)))
     }
 
     /// Run a physical plan as a stream of batches; its spills are added to [`Session::stats`]
@@ -189,5 +176,37 @@ impl RecordBatchStream for RecordSpills {
 impl Drop for RecordSpills {
     fn drop(&mut self) {
         self.record();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::session::{Engine, EngineConfig};
+
+    /// What a statement runs counts in its session's pool, whichever way it runs: a query
+    /// through `execute`, a CTAS through Delta's sink. Run under the engine's own runtime instead,
+    /// the session's peak would stay 0.
+    #[tokio::test]
+    async fn statements_reserve_in_their_sessions_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path().to_string_lossy(), 1 << 30)).await.unwrap();
+        for sql in [
+            "SELECT value FROM generate_series(1, 200000) ORDER BY value DESC",
+            "CREATE TABLE sorted AS SELECT value AS k FROM generate_series(1, 200000) ORDER BY k DESC",
+        ] {
+            let session = engine.session();
+            let planned = engine.plan_sql(&session, sql).await.unwrap();
+            match planned {
+                crate::sql::Planned::Query(plan) => {
+                    let physical = session.physical_plan(plan).await.unwrap();
+                    datafusion::physical_plan::common::collect(session.execute(physical).unwrap()).await.unwrap();
+                }
+                other => {
+                    engine.run_command(&session, other).await.unwrap();
+                }
+            }
+            assert!(session.stats().peak_memory > 0, "{sql}: nothing reserved in the session's pool");
+            assert_eq!(engine.memory_in_use(), 0, "{sql}: memory left reserved");
+        }
     }
 }
