@@ -13,11 +13,16 @@
 //! How it runs. Both queries are planned in the caller's session (read-only: DDL, DML and SET
 //! are refused) and become the two children of [`TopKNearestExec`], so EXPLAIN and the metrics
 //! show them. The item side is collected once per query into a row-major matrix (f32 for
-//! scoring, f64 for the final scores; its bytes are reserved in the memory pool). Each output
-//! partition streams its share of the user side: per batch, blocks of [`USER_BLOCK`] users are
-//! multiplied with tiles of [`ITEM_TILE`] items by `matrixmultiply::sgemm` (the GEMM kernel
-//! behind ndarray), and a per-user candidate list of `k + SLACK` best items is kept with a
-//! threshold test, so the hot loop is a GEMM and a compare. Candidates are then rescored in f64
+//! scoring, f64 for the final scores; its bytes are reserved in the memory pool), grouped into
+//! clusters of nearby items that each bound the score their members can reach
+//! ([`super::clusters`]). Each output partition streams its share of the user side: per batch,
+//! users are sorted by their most promising cluster and cut into blocks of [`USER_BLOCK`]; a
+//! block visits the clusters best bound first and multiplies a cluster's items (tiles of at
+//! most [`ITEM_TILE`], by `matrixmultiply::sgemm`, the GEMM kernel behind ndarray) only for the
+//! users whose bound for it beats their current candidate threshold. A per-user candidate
+//! list of `k + SLACK` best items is kept with a threshold test, so the hot loop is a GEMM and
+//! a compare, and the clusters no user can use are skipped whole (metrics `pairs` and
+//! `pairs_scored` count the user-item pairs in all and those multiplied). Candidates are then rescored in f64
 //! and ordered by (score desc, item id asc), so results are exact and deterministic; f32 only
 //! chooses the candidates, with [`SLACK`] extra places to absorb its rounding. The CPU work runs
 //! on tokio's blocking pool, one task per batch and up to `target_partitions` batches in flight
@@ -42,12 +47,15 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Documentation, Expr, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
+
+use super::clusters::{self, BOUND_SLACK, Cluster};
 
 /// Users multiplied at once: one block's score tile is `USER_BLOCK x ITEM_TILE` f32 (256 KiB,
 /// so it stays in L2 between the multiply that writes it and the scan that reads it).
@@ -279,12 +287,59 @@ impl TableProvider for TopKNearestTable {
 struct Items {
     ids: Vec<i64>,
     dim: usize,
-    /// `ids.len() x dim`, row-major, normalised for cosine.
+    /// `ids.len() x dim`, row-major, normalised for cosine, in cluster order.
     f32s: Vec<f32>,
     f64s: Vec<f64>,
     index: HashMap<i64, u32>,
+    /// Groups of nearby items covering `0..ids.len()`, each with a bound on its scores.
+    clusters: Vec<Cluster>,
+    /// The clusters' centres, `clusters.len() x dim`, row-major (one GEMM gives every bound).
+    centers: Vec<f32>,
     /// The matrix's bytes in the memory pool, released when the last partition drops it.
     _reservation: MemoryReservation,
+}
+
+impl Items {
+    /// The item matrix of `rows` (id order, prepared vectors of `dim` values), clustered and
+    /// stored in cluster order.
+    fn build(
+        rows: Vec<(i64, Vec<f64>)>,
+        dim: usize,
+        metric: Metric,
+        skipped: usize,
+        reservation: MemoryReservation,
+    ) -> Items {
+        let started = std::time::Instant::now();
+        let n = rows.len();
+        let f64s: Vec<f64> = rows.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let f32s: Vec<f32> = f64s.iter().map(|x| *x as f32).collect();
+        let (clusters, order) = clusters::cluster(&f64s, &f32s, n, dim, metric);
+        let mut items = Items {
+            ids: Vec::with_capacity(n),
+            dim,
+            f32s: Vec::with_capacity(n * dim),
+            f64s: Vec::with_capacity(n * dim),
+            index: HashMap::with_capacity(n),
+            centers: clusters.iter().flat_map(|c| c.center.iter().copied()).collect(),
+            clusters,
+            _reservation: reservation,
+        };
+        for (i, &row) in order.iter().enumerate() {
+            items.ids.push(rows[row].0);
+            items.index.insert(rows[row].0, i as u32);
+            items.f32s.extend_from_slice(&f32s[row * dim..(row + 1) * dim]);
+            items.f64s.extend_from_slice(&f64s[row * dim..(row + 1) * dim]);
+        }
+        tracing::debug!(
+            items = n,
+            dim,
+            skipped,
+            clusters = items.clusters.len(),
+            clustering_ms = started.elapsed().as_millis() as u64,
+            "top_k_nearest items loaded"
+        );
+        items
+    }
 }
 
 /// Scores users against items; see the module documentation.
@@ -298,6 +353,7 @@ pub struct TopKNearestExec {
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     loaded: Arc<OnceCell<Arc<Items>>>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl TopKNearestExec {
@@ -320,7 +376,17 @@ impl TopKNearestExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { users, items, k, metric, projection, schema, properties, loaded: Arc::new(OnceCell::new()) }
+        Self {
+            users,
+            items,
+            k,
+            metric,
+            projection,
+            schema,
+            properties,
+            loaded: Arc::new(OnceCell::new()),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
     }
 }
 
@@ -361,11 +427,21 @@ impl ExecutionPlan for TopKNearestExec {
         Ok(Arc::new(Self::new(users, items, self.k, self.metric, self.projection.clone())))
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let users = self.users.execute(partition, Arc::clone(&context))?;
         let items_plan = Arc::clone(&self.items);
         let loaded = Arc::clone(&self.loaded);
         let (k, metric, projection) = (self.k, self.metric, self.projection.clone());
+        let work = Work {
+            partition,
+            pairs: MetricBuilder::new(&self.metrics).counter("pairs", partition),
+            pairs_scored: MetricBuilder::new(&self.metrics).counter("pairs_scored", partition),
+        };
+        let done = work.clone();
         let stream = futures::stream::once(async move {
             let items = loaded
                 .get_or_try_init(|| load_items(items_plan, Arc::clone(&context), metric))
@@ -378,9 +454,10 @@ impl ExecutionPlan for TopKNearestExec {
                 .map(move |batch| {
                     let items = Arc::clone(&items);
                     let projection = projection.clone();
+                    let work = work.clone();
                     async move {
                         let batch = batch?;
-                        let out = tokio::task::spawn_blocking(move || score_batch(&items, &batch, k, metric))
+                        let out = tokio::task::spawn_blocking(move || score_batch(&items, &batch, k, metric, &work))
                             .await
                             .map_err(|e| DataFusionError::External(Box::new(e)))??;
                         match projection {
@@ -389,7 +466,14 @@ impl ExecutionPlan for TopKNearestExec {
                         }
                     }
                 })
-                .buffered(in_flight);
+                .buffered(in_flight)
+                .chain(
+                    futures::stream::once(async move {
+                        done.log();
+                        None
+                    })
+                    .filter_map(futures::future::ready),
+                );
             Ok::<_, DataFusionError>(scored)
         })
         .try_flatten();
@@ -481,25 +565,41 @@ async fn load_items(plan: Arc<dyn ExecutionPlan>, context: Arc<TaskContext>, met
         return exec_err!("{NAME}: item id {} appears more than once in the items query", w[0].0);
     }
     let dim = dim.unwrap_or(0);
-    let bytes = rows.len() * (dim * 12 + 24);
+    let n = rows.len();
+    // the matrix twice (f32, f64), the id and its index entry; the clusters' share is small
+    let bytes = n * (dim * 12 + 24) + (n / clusters::CLUSTER_SIZE + 1) * (dim * 4 + 48);
     let reservation = MemoryConsumer::new("TopKNearestExec[items]").register(context.memory_pool());
     reservation.try_grow(bytes)?;
-    let mut items = Items {
-        ids: Vec::with_capacity(rows.len()),
-        dim,
-        f32s: Vec::with_capacity(rows.len() * dim),
-        f64s: Vec::with_capacity(rows.len() * dim),
-        index: HashMap::with_capacity(rows.len()),
-        _reservation: reservation,
-    };
-    for (i, (id, v)) in rows.into_iter().enumerate() {
-        items.ids.push(id);
-        items.index.insert(id, i as u32);
-        items.f32s.extend(v.iter().map(|x| *x as f32));
-        items.f64s.extend(v);
-    }
-    tracing::debug!(items = items.ids.len(), dim, skipped, "top_k_nearest items loaded");
+    // clustering is seconds of CPU for large item sets: off the request threads
+    let items = tokio::task::spawn_blocking(move || Items::build(rows, dim, metric, skipped, reservation))
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
     Ok(Arc::new(items))
+}
+
+/// What one partition scored: user-item pairs in all, and those actually multiplied (the rest
+/// were in clusters whose bound ruled them out). Logged when the partition's stream ends, and
+/// in EXPLAIN ANALYZE.
+#[derive(Clone)]
+struct Work {
+    partition: usize,
+    pairs: Count,
+    pairs_scored: Count,
+}
+
+impl Work {
+    fn log(&self) {
+        let (pairs, scored) = (self.pairs.value(), self.pairs_scored.value());
+        if pairs > 0 {
+            tracing::info!(
+                partition = self.partition,
+                pairs,
+                pairs_scored = scored,
+                skipped = format!("{:.1}%", 100.0 * (1.0 - scored as f64 / pairs as f64)),
+                "top_k_nearest partition done"
+            );
+        }
+    }
 }
 
 /// The candidate list of one user: at most `capacity` (f32 score, item index), best first.
@@ -543,7 +643,46 @@ impl Candidates {
     }
 }
 
-fn score_batch(items: &Items, batch: &RecordBatch, k: usize, metric: Metric) -> Result<RecordBatch> {
+/// The score bounds of `norms.len()` users (`users`: their f32 vectors, row-major) against every
+/// cluster, into `bounds` (`users x clusters`, row-major): one GEMM with the clusters' centres.
+fn block_bounds(items: &Items, metric: Metric, users: &[f32], norms: &[f32], bounds: &mut [f32]) {
+    let (m, nc, dim) = (norms.len(), items.clusters.len(), items.dim);
+    if m == 0 || nc == 0 || dim == 0 {
+        return;
+    }
+    assert!(users.len() >= m * dim && bounds.len() >= m * nc && items.centers.len() >= nc * dim);
+    // SAFETY: a is m x dim (row stride dim) inside users; b is the dim x nc view of the centres
+    // (centre-major: row stride 1, column stride dim); c is m x nc (row stride nc) inside
+    // bounds; the sizes are checked just above, and the buffers do not overlap.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            dim,
+            nc,
+            1.0,
+            users.as_ptr(),
+            dim as isize,
+            1,
+            items.centers.as_ptr(),
+            1,
+            dim as isize,
+            0.0,
+            bounds.as_mut_ptr(),
+            nc as isize,
+            1,
+        );
+    }
+    for (r, norm) in norms.iter().enumerate() {
+        for (b, cluster) in bounds[r * nc..(r + 1) * nc].iter_mut().zip(&items.clusters) {
+            *b = cluster.bound(metric, *b, *norm);
+        }
+    }
+}
+
+/// A user of a batch: its id, its vector, and the indexes of the items it excludes.
+type UserRow = (i64, Vec<f64>, Vec<u32>);
+
+fn score_batch(items: &Items, batch: &RecordBatch, k: usize, metric: Metric, work: &Work) -> Result<RecordBatch> {
     let (ids, vectors) = ids_and_vectors(batch)?;
     let excluded_lists = match batch.num_columns() {
         3 => {
@@ -556,7 +695,7 @@ fn score_batch(items: &Items, batch: &RecordBatch, k: usize, metric: Metric) -> 
     let dim = items.dim;
     let n = items.ids.len();
     // the users that can be scored, with their prepared vectors and excluded item indexes
-    let mut users: Vec<(i64, Vec<f64>, Vec<u32>)> = Vec::with_capacity(batch.num_rows());
+    let mut users: Vec<UserRow> = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         if ids.is_null(row) {
             continue;
@@ -585,45 +724,101 @@ fn score_batch(items: &Items, batch: &RecordBatch, k: usize, metric: Metric) -> 
     }
 
     let (mut out_user, mut out_rank, mut out_item, mut out_score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut tile = vec![0f32; USER_BLOCK * ITEM_TILE];
-    let mut block_f32 = vec![0f32; USER_BLOCK * dim];
-    for block in users.chunks(USER_BLOCK) {
-        let m = block.len();
-        for (r, (_, v, _)) in block.iter().enumerate() {
-            for (c, x) in v.iter().enumerate() {
-                block_f32[r * dim + c] = *x as f32;
-            }
+    let clusters = &items.clusters;
+    let nc = clusters.len();
+    let user_f32: Vec<f32> = users.iter().flat_map(|(_, v, _)| v.iter().map(|x| *x as f32)).collect();
+    let norms: Vec<f32> = match metric {
+        Metric::Cosine => vec![1.0; users.len()],
+        Metric::InnerProduct => {
+            users.iter().map(|(_, v, _)| v.iter().map(|x| x * x).sum::<f64>().sqrt() as f32).collect()
         }
+    };
+    // bounds[r * nc + c]: the most any item of cluster c can score for user `first + r`
+    let mut bounds = vec![0f32; USER_BLOCK * nc];
+    // Users in the order of their most promising cluster (clusters are in spatial order), so a
+    // block's users are alike and need few clusters scored.
+    let mut promising = vec![0u32; users.len()];
+    for first in (0..users.len()).step_by(USER_BLOCK) {
+        let m = USER_BLOCK.min(users.len() - first);
+        block_bounds(items, metric, &user_f32[first * dim..], &norms[first..first + m], &mut bounds);
+        for r in 0..m {
+            let row = &bounds[r * nc..(r + 1) * nc];
+            promising[first + r] = (0..nc).fold(0, |best, c| if row[c] > row[best] { c } else { best }) as u32;
+        }
+    }
+    let mut by_place: Vec<usize> = (0..users.len()).collect();
+    by_place.sort_by_key(|&u| (promising[u], u));
+    let user_f32: Vec<f32> = by_place.iter().flat_map(|&u| user_f32[u * dim..(u + 1) * dim].iter().copied()).collect();
+    let norms: Vec<f32> = by_place.iter().map(|&u| norms[u]).collect();
+    let mut slots: Vec<Option<UserRow>> = users.into_iter().map(Some).collect();
+    let users: Vec<UserRow> = by_place.iter().filter_map(|&u| slots[u].take()).collect();
+
+    let mut tile = vec![0f32; USER_BLOCK * ITEM_TILE];
+    let mut active_f32 = vec![0f32; USER_BLOCK * dim];
+    let mut cluster_order: Vec<usize> = Vec::with_capacity(nc);
+    let mut best_bound = vec![0f32; nc];
+    let mut active: Vec<usize> = Vec::with_capacity(USER_BLOCK);
+    let mut scored = 0usize;
+    for (b, block) in users.chunks(USER_BLOCK).enumerate() {
+        let m = block.len();
+        let first_user = b * USER_BLOCK;
+        block_bounds(items, metric, &user_f32[first_user * dim..], &norms[first_user..first_user + m], &mut bounds);
+        for (c, best) in best_bound.iter_mut().enumerate() {
+            *best = (0..m).map(|r| bounds[r * nc + c]).fold(f32::NEG_INFINITY, f32::max);
+        }
+        cluster_order.clear();
+        cluster_order.extend(0..nc);
+        cluster_order.sort_by(|&a, &b| best_bound[b].total_cmp(&best_bound[a]).then(a.cmp(&b)));
         let mut candidates: Vec<Candidates> = (0..m).map(|_| Candidates::new(k + SLACK)).collect();
-        let mut first = 0;
-        while first < n {
-            let width = ITEM_TILE.min(n - first);
-            // SAFETY: a is m x dim (row stride dim) inside block_f32; b is the dim x width view of
-            // items first..first+width (item-major, so row stride 1 and column stride dim) inside
-            // f32s; c is m x width (row stride width) inside tile. All three buffers are at least
-            // that large and do not overlap.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    dim,
-                    width,
-                    1.0,
-                    block_f32.as_ptr(),
-                    dim as isize,
-                    1,
-                    items.f32s[first * dim..].as_ptr(),
-                    1,
-                    dim as isize,
-                    0.0,
-                    tile.as_mut_ptr(),
-                    width as isize,
-                    1,
-                );
+        for &c in &cluster_order {
+            // Clusters come best bound first: once none can beat the lowest threshold, none of
+            // the rest can either.
+            let lowest = candidates.iter().map(Candidates::threshold).fold(f32::INFINITY, f32::min);
+            if best_bound[c] + BOUND_SLACK <= lowest {
+                break;
             }
-            for (r, cand) in candidates.iter_mut().enumerate() {
-                cand.offer(&tile[r * width..(r + 1) * width], first, &block[r].2);
+            active.clear();
+            active.extend((0..m).filter(|&r| bounds[r * nc + c] + BOUND_SLACK > candidates[r].threshold()));
+            if active.is_empty() {
+                continue;
             }
-            first += width;
+            let a = active.len();
+            for (i, &r) in active.iter().enumerate() {
+                let at = (first_user + r) * dim;
+                active_f32[i * dim..(i + 1) * dim].copy_from_slice(&user_f32[at..at + dim]);
+            }
+            let cluster = &clusters[c];
+            let mut first = cluster.start;
+            while first < cluster.end {
+                let width = ITEM_TILE.min(cluster.end - first);
+                // SAFETY: a is `a` x dim (row stride dim) inside active_f32 (USER_BLOCK x dim); b
+                // is the dim x width view of items first..first+width (item-major, so row
+                // stride 1 and column stride dim) inside f32s; c is `a` x width (row stride
+                // width) inside tile (USER_BLOCK x ITEM_TILE). None overlap.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        a,
+                        dim,
+                        width,
+                        1.0,
+                        active_f32.as_ptr(),
+                        dim as isize,
+                        1,
+                        items.f32s[first * dim..].as_ptr(),
+                        1,
+                        dim as isize,
+                        0.0,
+                        tile.as_mut_ptr(),
+                        width as isize,
+                        1,
+                    );
+                }
+                for (i, &r) in active.iter().enumerate() {
+                    candidates[r].offer(&tile[i * width..(i + 1) * width], first, &block[r].2);
+                }
+                scored += a * width;
+                first += width;
+            }
         }
         // exact rescoring in f64 of the candidates, then (score desc, item id asc)
         for ((user, v, _), cand) in block.iter().zip(candidates) {
@@ -635,7 +830,7 @@ fn score_batch(items: &Items, batch: &RecordBatch, k: usize, metric: Metric) -> 
                     (row.iter().zip(v).map(|(a, b)| a * b).sum::<f64>(), i)
                 })
                 .collect();
-            exact.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            exact.sort_by(|a, b| b.0.total_cmp(&a.0).then(items.ids[a.1 as usize].cmp(&items.ids[b.1 as usize])));
             for (rank, (score, i)) in exact.into_iter().take(k).enumerate() {
                 out_user.push(*user);
                 out_rank.push(rank as i32 + 1);
@@ -644,6 +839,8 @@ fn score_batch(items: &Items, batch: &RecordBatch, k: usize, metric: Metric) -> 
             }
         }
     }
+    work.pairs.add(users.len() * n);
+    work.pairs_scored.add(scored);
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(out_user)),
         Arc::new(Int32Array::from(out_rank)),
@@ -651,4 +848,108 @@ fn score_batch(items: &Items, batch: &RecordBatch, k: usize, metric: Metric) -> 
         Arc::new(Float64Array::from(out_score)),
     ];
     Ok(RecordBatch::try_new(output_schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::ListBuilder;
+    use datafusion::arrow::array::{Float64Builder, Int64Builder};
+    use datafusion::execution::memory_pool::UnboundedMemoryPool;
+
+    /// Points around `centres` blobs (a deterministic LCG), like songs around genres.
+    fn blobs(n: usize, dim: usize, centres: usize, seed: u64) -> Vec<Vec<f64>> {
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        };
+        let means: Vec<Vec<f64>> = (0..centres).map(|_| (0..dim).map(|_| 2.0 * next()).collect()).collect();
+        (0..n).map(|i| means[i % centres].iter().map(|m| m + 0.4 * next()).collect()).collect()
+    }
+
+    fn work() -> Work {
+        let metrics = ExecutionPlanMetricsSet::new();
+        Work {
+            partition: 0,
+            pairs: MetricBuilder::new(&metrics).counter("pairs", 0),
+            pairs_scored: MetricBuilder::new(&metrics).counter("pairs_scored", 0),
+        }
+    }
+
+    /// Pruned scoring gives exactly the brute-force answer in f64 (ids, order and scores), with
+    /// and without exclusions, for both metrics, while skipping most of the work.
+    #[test]
+    fn pruned_scoring_equals_brute_force() {
+        let (n, dim, k) = (6000, 8, 10);
+        let item_vectors = blobs(n, dim, 40, 3);
+        let user_vectors = blobs(300, dim, 40, 5);
+        for metric in [Metric::Cosine, Metric::InnerProduct] {
+            let rows: Vec<(i64, Vec<f64>)> = item_vectors
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| prepared(v, metric).map(|p| (10 * i as i64 + 7, p)))
+                .collect();
+            let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
+                Arc::new(UnboundedMemoryPool::default());
+            let reservation = MemoryConsumer::new("test").register(&pool);
+            let items = Items::build(rows.clone(), dim, metric, 0, reservation);
+            assert!(items.clusters.len() > 10);
+
+            // users: id, vector, and every user excludes the items with ids of its own residue
+            let (mut ids, mut vectors, mut seen) =
+                (Int64Builder::new(), ListBuilder::new(Float64Builder::new()), ListBuilder::new(Int64Builder::new()));
+            let mut excluded: HashMap<i64, Vec<i64>> = HashMap::new();
+            for (u, v) in user_vectors.iter().enumerate() {
+                ids.append_value(u as i64);
+                vectors.values().append_slice(v);
+                vectors.append(true);
+                let ex: Vec<i64> = rows.iter().map(|r| r.0).filter(|id| (id / 10) % 300 == u as i64).collect();
+                seen.values().append_slice(&ex);
+                seen.append(true);
+                excluded.insert(u as i64, ex);
+            }
+            let batch = RecordBatch::try_from_iter(vec![
+                ("id", Arc::new(ids.finish()) as ArrayRef),
+                ("v", Arc::new(vectors.finish()) as ArrayRef),
+                ("seen", Arc::new(seen.finish()) as ArrayRef),
+            ])
+            .unwrap();
+            let w = work();
+            let out = score_batch(&items, &batch, k, metric, &w).unwrap();
+            let (users, ranks, got_items, scores) = (
+                out.column(0).as_any().downcast_ref::<Int64Array>().unwrap(),
+                out.column(1).as_any().downcast_ref::<Int32Array>().unwrap(),
+                out.column(2).as_any().downcast_ref::<Int64Array>().unwrap(),
+                out.column(3).as_any().downcast_ref::<Float64Array>().unwrap(),
+            );
+            let mut answers: HashMap<i64, Vec<(i32, i64, f64)>> = HashMap::new();
+            for r in 0..out.num_rows() {
+                answers.entry(users.value(r)).or_default().push((ranks.value(r), got_items.value(r), scores.value(r)));
+            }
+            assert_eq!(answers.len(), user_vectors.len());
+            for (u, v) in user_vectors.iter().enumerate() {
+                let q = prepared(v, metric).unwrap();
+                let ex = &excluded[&(u as i64)];
+                let mut all: Vec<(f64, i64)> = rows
+                    .iter()
+                    .filter(|(id, _)| !ex.contains(id))
+                    .map(|(id, x)| (x.iter().zip(&q).map(|(a, b)| a * b).sum::<f64>(), *id))
+                    .collect();
+                all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                let mut got = answers[&(u as i64)].clone();
+                got.sort_by_key(|g| g.0);
+                let want: Vec<(i32, i64, f64)> =
+                    all.iter().take(k).enumerate().map(|(r, (s, id))| (r as i32 + 1, *id, *s)).collect();
+                assert_eq!(got.len(), k);
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!((g.0, g.1), (w.0, w.1), "{metric}, user {u}");
+                    assert!((g.2 - w.2).abs() < 1e-12, "{metric}, user {u}: {} vs {}", g.2, w.2);
+                }
+            }
+            let (pairs, scored) = (w.pairs.value(), w.pairs_scored.value());
+            assert_eq!(pairs, user_vectors.len() * rows.len());
+            assert!(scored * 2 < pairs, "{metric}: scored {scored} of {pairs} pairs: the bounds pruned too little");
+        }
+    }
 }
