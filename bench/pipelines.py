@@ -38,7 +38,7 @@ def measure(cmd, env=None):
     """Run `cmd`; return (seconds, peak RSS in MiB, stdout, stderr)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "STREAMPULSE_LOG": "warn", **(env or {})})
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "STREAMPULSE_LOG": LOG, **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         out.seek(0)
@@ -46,6 +46,19 @@ def measure(cmd, env=None):
         if os.waitstatus_to_exitcode(status) != 0:
             sys.exit(f"{' '.join(map(str, cmd))} failed:\n{err.read().decode()[-3000:]}")
         return seconds, usage.ru_maxrss / 1024, out.read().decode(), err.read().decode()
+
+
+# top_k_nearest logs the pairs it could have scored and those it did, per partition.
+LOG = "warn,streampulse_udfs::table::top_k_nearest=info"
+PAIRS = re.compile(r"top_k_nearest partition done.*?pairs=(\d+) pairs_scored=(\d+)")
+
+
+def pruning_stats(stderr):
+    """(user x song pairs, pairs scored) summed over top_k_nearest's partitions, or None."""
+    found = [tuple(map(int, m.groups())) for m in PAIRS.finditer(stderr)]
+    if not found:
+        return None
+    return sum(f[0] for f in found), sum(f[1] for f in found)
 
 
 STATS = re.compile(r"\[peak_memory=(\d+) spilled_bytes=(\d+) spill_count=(\d+)\]")
@@ -113,6 +126,8 @@ def main():
             secs, rss, _, err = measure(our_command(args, script_for(p, days, month), cap))
             rows.append({"pipeline": p, "engine": "streampulse", "cap": cap or "default", "seconds": secs,
                          "rss_mib": rss, **spill_stats(err)})
+            if pruned := pruning_stats(err):
+                rows[-1].update(pairs=pruned[0], pairs_scored=pruned[1])
             print(f"{p} streampulse (cap {cap or 'default'}): {secs:.1f} s, {rss:.0f} MiB, {spill_stats(err)}", file=sys.stderr)
         for (peer, pipeline) in sorted(peer_module.PEERS):
             if pipeline != p or peer not in peers:
@@ -137,6 +152,11 @@ def main():
         spilled = f"{r['spilled_mib']:.0f} ({r['spill_files']})" if "spilled_mib" in r else ""
         print(f"| {r['pipeline']} | {r['engine']} | {r.get('cap', '')} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | "
               f"{pool} | {spilled} | {ratio:.2f}x |")
+    for r in rows:
+        if "pairs" in r:
+            print(f"\n{r['pipeline']} (cap {r['cap']}): {r['pairs']:,} user x song pairs, {r['pairs_scored']:,} scored "
+                  f"({100 * (1 - r['pairs_scored'] / r['pairs']):.1f} % skipped); "
+                  f"{r['pairs'] / r['seconds']:.3g} pairs/s answered, {r['pairs_scored'] / r['seconds']:.3g} scores/s computed")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
