@@ -113,8 +113,11 @@ impl TopKNearestFunction {
                 },
                 "Table function: for every row of `users_sql` (id, vector [, list of item ids to exclude]) \
 returns its `k` most similar rows of `items_sql` (id, vector) as columns `user_id, rank, item_id, score`, \
-rank 1 = best, ties to the lower item id. Scores every user against every item with a blocked matrix multiply \
-(matrixmultiply's sgemm) on all cores — exact: candidates from f32 are rescored in f64. Both arguments are \
+rank 1 = best, ties to the lower item id. Scores users against items with a blocked matrix multiply \
+(matrixmultiply's sgemm) on all cores, skipping whole clusters of items whose score bound proves they cannot \
+enter a user's top `k` — exact: no item that could rank is skipped, and candidates from f32 are rescored in f64. \
+The plan's metrics `pairs` and `pairs_scored` (and an INFO log line per partition) say how much was skipped. \
+Both arguments are \
 read-only SQL queries (write quotes inside them as ''). Ids must be integers, vectors lists of numbers of one \
 length; users or items with a NULL or (for cosine) all-zero vector are skipped; excluded ids that are not items \
 are ignored; a user with fewer than `k` eligible items gets fewer rows. The item matrix is held in memory \
