@@ -57,7 +57,8 @@ AS $$
 -- ending on run_date, weighted by ms played. Active user = at least one play in that window.
 -- Recommendations: the 10 songs with the highest cosine similarity to the taste vector, among
 -- songs the user has never played up to run_date, computed exactly by top_k_nearest (a blocked
--- matrix multiply over all users x all songs on every core). Ties go to the lower song_id.
+-- matrix multiply on every core that skips only clusters of songs proven unable to rank).
+-- Ties go to the lower song_id.
 --
 -- Idempotent: music.song_vectors is rebuilt, and run_date's partition of
 -- music.recommendations is replaced in one commit, so a rerun never duplicates rows.
