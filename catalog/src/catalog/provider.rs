@@ -5,6 +5,8 @@
 //! Managed tables are read at their newest Delta version on every lookup (a query never sees
 //! a stale snapshot): the table opened last time is kept, and one HEAD of its next log file
 //! tells whether it is still the newest; only then is the log read again, from where it was.
+//! A version is resolved once into its data files ([`crate::delta::ManagedTable`]), so a scan
+//! plans plain Parquet reads without replaying the log.
 //! External tables and views are re-planned from their stored statement and cached per catalog
 //! version.
 
@@ -140,7 +142,8 @@ impl Shared {
             }
             None => crate::delta::open_table(warehouse, location).await?,
         };
-        let provider = table.table_provider().await?;
+        let delta = table.table_provider().await?;
+        let provider: Arc<dyn TableProvider> = Arc::new(crate::delta::ManagedTable::new(&table, delta)?);
         if let Ok(mut m) = self.managed.lock() {
             // Tables dropped since are forgotten here too.
             m.retain(|l, _| catalog.has_location(l));

@@ -4,6 +4,7 @@
 //! Everything that touches deltalake's API directly lives here, so DDL, DML and the table
 //! provider share one way of doing each thing.
 
+mod files;
 mod staging;
 mod table;
 mod types;
@@ -18,6 +19,7 @@ use object_store::ObjectStoreExt;
 use crate::error::Result;
 use crate::storage::Warehouse;
 
+pub use files::ManagedTable;
 pub use staging::Staged;
 pub use table::{Source, count_rows, create_table, delete_location};
 pub use types::{cast_plan_to, delta_compatible_plan, delta_compatible_schema, delta_type};
