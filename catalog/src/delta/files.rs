@@ -487,20 +487,22 @@ fn bump(v: &ScalarValue, by: i64) -> ScalarValue {
     }
 }
 
-fn string_column(actions: &RecordBatch, name: &str) -> Result<Vec<String>> {
+/// A column of the file actions cast to `data_type`.
+fn required_column(actions: &RecordBatch, name: &str, data_type: &DataType) -> Result<ArrayRef> {
     let column = actions
         .column_by_name(name)
         .ok_or_else(|| Error::internal(format!("Delta file actions have no column {name}")))?;
-    let column = arrow::compute::cast(column, &DataType::Utf8)?;
+    Ok(arrow::compute::cast(column, data_type)?)
+}
+
+fn string_column(actions: &RecordBatch, name: &str) -> Result<Vec<String>> {
+    let column = required_column(actions, name, &DataType::Utf8)?;
     let strings = arrow::array::AsArray::as_string::<i32>(&column);
     Ok((0..strings.len()).map(|i| strings.value(i).to_string()).collect())
 }
 
 fn int_column(actions: &RecordBatch, name: &str) -> Result<Vec<u64>> {
-    let column = actions
-        .column_by_name(name)
-        .ok_or_else(|| Error::internal(format!("Delta file actions have no column {name}")))?;
-    let column = arrow::compute::cast(column, &DataType::Int64)?;
+    let column = required_column(actions, name, &DataType::Int64)?;
     let ints = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&column);
     Ok((0..ints.len()).map(|i| u64::try_from(ints.value(i)).unwrap_or(0)).collect())
 }
