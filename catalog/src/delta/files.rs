@@ -8,9 +8,9 @@
 //! then the same `DataSourceExec` a listing table would plan. Plain Parquet scans are also what
 //! a remote executor can run without knowing Delta.
 //!
-//! Only tables whose files are plain Parquet qualify: a protocol with reader features (deletion
-//! vectors, column mapping, ...) is read by deltalake's provider, as are files outside the
-//! table's store. Writes always go to deltalake's provider (one Delta commit per statement).
+//! Only tables whose files are plain Parquet qualify: a protocol with reader features that
+//! change how files are read (deletion vectors, column mapping, ...) is read by deltalake's
+//! provider, as are files outside the table's store. Writes always go to deltalake's provider (one Delta commit per statement).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -135,7 +135,15 @@ impl TableFiles {
     fn resolve(table: &DeltaTable, schema: SchemaRef) -> Result<std::result::Result<Self, &'static str>> {
         let snapshot = table.snapshot()?;
         let protocol = snapshot.protocol();
-        if protocol.min_reader_version() == 2 || protocol.reader_features().is_some_and(|f| !f.is_empty()) {
+        // Reader version 2 is column mapping; from version 3 the features are listed. Some only
+        // concern types or the log, not how data files are read: a TIMESTAMP without time zone
+        // (`timestampNtz`, which every table with one has), v2 checkpoints, vacuum checks.
+        let plain_features = ["timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"];
+        if protocol.min_reader_version() == 2
+            || protocol
+                .reader_features()
+                .is_some_and(|f| f.iter().any(|f| !plain_features.contains(&f.to_string().as_str())))
+        {
             return Ok(Err("the table uses reader features (column mapping, deletion vectors, ...)"));
         }
         let partition_columns = snapshot.metadata().partition_columns().to_vec();
@@ -631,6 +639,28 @@ mod tests {
             text(&engine, "SELECT id FROM p WHERE country IS NULL").await,
             text(&engine, "SELECT 2 AS id").await
         );
+    }
+
+    /// A TIMESTAMP without time zone puts `timestampNtz` in the protocol's reader features: it
+    /// changes no file's layout, so the table is still scanned as plain Parquet.
+    #[tokio::test]
+    async fn timestamps_without_time_zone_are_still_plain_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path().to_string_lossy(), 1 << 30)).await.unwrap();
+        run(
+            &engine,
+            "CREATE TABLE n AS SELECT value AS k, \
+             arrow_cast(1790000000000000 + value, 'Timestamp(Microsecond, None)') AS ts FROM generate_series(1, 10)",
+        )
+        .await;
+        let mut protocol = String::new();
+        for entry in std::fs::read_dir(dir.path().join("public")).unwrap() {
+            let log = entry.unwrap().path().join("_delta_log/00000000000000000000.json");
+            protocol = std::fs::read_to_string(log).unwrap();
+        }
+        assert!(protocol.contains("timestampNtz"), "{protocol}");
+        assert_eq!(files_read(&engine, "SELECT * FROM n WHERE k = 3").await, Some(1));
+        assert_eq!(text(&engine, "SELECT count(*) AS c FROM n").await, text(&engine, "SELECT 10 AS c").await);
     }
 
     #[test]
