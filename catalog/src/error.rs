@@ -69,7 +69,7 @@ pub enum Error {
     #[error("warehouse storage: {0}")]
     Storage(#[source] StorageError),
 
-    /// An outside source (an HTTP API) could not deliver all of its data.
+    /// An outside source (an HTTP API, a cluster's scheduler) could not deliver all of its data.
     #[error("{0}")]
     Source(String),
 

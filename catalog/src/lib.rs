@@ -37,9 +37,10 @@ pub mod storage;
 pub mod system;
 
 pub use catalog::{CATALOG_NAME, CatalogState, CatalogStore, DEFAULT_SCHEMA, Role, TableEntry, UserEntry};
+pub use delta::{FileListTable, ManagedTable};
 pub use dml::LoadMode;
 pub use error::{Error, ErrorKind, Result};
-pub use session::{Engine, EngineConfig, Origin, QueryStats, Session};
+pub use session::{ClusterHook, Engine, EngineConfig, Origin, QueryStats, Session};
 pub use sql::{Planned, ScriptError, StatementKind, StatementOutput, StatementReport};
 pub use storage::{S3Config, Warehouse};
 pub use system::{QueryHandle, QueryLog, QueryState};

@@ -7,7 +7,19 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    streampulse_server::cli::run().await
+/// Plans are trees, and decoding one recurses once per node: Ballista's scheduler decodes every
+/// query's plan from protobuf, with no stack guard. With tokio's 2 MiB worker stacks, the
+/// scheduler of a debug build overflowed on pipeline D's plan, so workers get 16 MiB (address
+/// space, not memory, until used).
+const WORKER_STACK: usize = 16 << 20;
+
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(WORKER_STACK).build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(streampulse_server::cli::run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -10,7 +10,8 @@
 //!
 //! Only tables whose files are plain Parquet qualify: a protocol with reader features that
 //! change how files are read (deletion vectors, column mapping, ...) is read by deltalake's
-//! provider, as are files outside the table's store. Writes always go to deltalake's provider (one Delta commit per statement).
+//! provider, as are files outside the table's store. The file list also travels to a cluster
+//! as bytes ([`ManagedTable::file_list`], [`FileListTable`]). Writes always go to deltalake's provider (one Delta commit per statement).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion_proto::protobuf;
 use deltalake::DeltaTable;
 use object_store::ObjectMeta;
 use object_store::path::Path;
@@ -70,6 +72,75 @@ impl ManagedTable {
     pub fn plain(&self) -> bool {
         self.files.is_some()
     }
+
+    /// This version's file list as bytes, which [`FileListTable::from_bytes`] turns back into a
+    /// table that scans the same files; `None` when the table needs deltalake's reader.
+    pub fn file_list(&self) -> Option<Result<Vec<u8>>> {
+        self.files.as_ref().map(|f| f.to_bytes())
+    }
+}
+
+/// A table version as a fixed list of Parquet files with their partition values and
+/// statistics, decoded from [`ManagedTable::file_list`]: how a cluster node that plans a scan
+/// reads a managed table without the Delta log. It only reads.
+#[derive(Debug)]
+pub struct FileListTable {
+    files: TableFiles,
+}
+
+impl FileListTable {
+    /// The table from the bytes of [`ManagedTable::file_list`] (or [`FileListTable::to_bytes`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Ok(Self { files: TableFiles::from_bytes(bytes)? })
+    }
+
+    /// The same bytes again, for a node that passes the plan on.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.files.to_bytes()
+    }
+
+    /// Data files in the list.
+    pub fn file_count(&self) -> usize {
+        self.files.files.len()
+    }
+}
+
+#[async_trait]
+impl TableProvider for FileListTable {
+    fn schema(&self) -> SchemaRef {
+        self.files.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.files.scan(state, projection, filters, limit).await
+    }
+}
+
+/// [`TableFiles`] on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+struct FilesMessage {
+    #[prost(message, optional, tag = "1")]
+    schema: Option<protobuf::Schema>,
+    #[prost(string, repeated, tag = "2")]
+    partition_columns: Vec<String>,
+    #[prost(string, tag = "3")]
+    store: String,
+    #[prost(message, repeated, tag = "4")]
+    files: Vec<protobuf::PartitionedFile>,
 }
 
 #[async_trait]
@@ -152,18 +223,6 @@ impl TableFiles {
             return Ok(Err("the table's URL has no object store root"));
         };
 
-        let (stored, partitions): (Vec<FieldRef>, Vec<FieldRef>) =
-            schema.fields().iter().cloned().partition(|f| !partition_columns.contains(f.name()));
-        let layout = TableSchema::builder(Arc::new(Schema::new(stored.clone())))
-            .with_table_partition_cols(partitions.clone())
-            .build();
-        let layout_schema = layout.table_schema().clone();
-        let to_layout = schema
-            .fields()
-            .iter()
-            .map(|f| layout_schema.index_of(f.name()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-
         let actions = snapshot.add_actions_table(true)?;
         let rows = actions.num_rows();
         let paths = string_column(&actions, "path")?;
@@ -171,15 +230,17 @@ impl TableFiles {
         let modified = int_column(&actions, "modification_time")?;
         let num_records = actions.column_by_name("num_records");
 
-        let mut files = Vec::with_capacity(rows);
-        let mut columns: Vec<ColumnBounds> = Vec::with_capacity(layout_schema.fields().len());
-        for field in stored.iter() {
-            columns.push(ColumnBounds::stored(&actions, field)?);
+        // Stored columns in table order, then the partition columns: the scan's layout.
+        let mut columns: Vec<ColumnBounds> = Vec::with_capacity(schema.fields().len());
+        let (stored, partitions): (Vec<&FieldRef>, Vec<&FieldRef>) =
+            schema.fields().iter().partition(|f| !partition_columns.contains(f.name()));
+        for field in &stored {
+            columns.push(ColumnBounds::stored(&actions, field));
         }
-        for field in partitions.iter() {
+        for field in &partitions {
             columns.push(ColumnBounds::partition(&actions, field)?);
         }
-        let mut row_counts = Vec::with_capacity(rows);
+        let mut files = Vec::with_capacity(rows);
         for row in 0..rows {
             let Some(path) = object_path(&root, &paths[row]) else {
                 return Ok(Err("a data file lies outside the table's object store"));
@@ -188,7 +249,6 @@ impl TableFiles {
                 ScalarValue::Int64(Some(n)) => usize::try_from(n).ok(),
                 _ => None,
             });
-            row_counts.push(num_rows.map(|n| n as u64));
             let column_statistics = columns.iter().map(|c| c.statistics(row, num_rows)).collect();
             let statistics = Statistics {
                 num_rows: num_rows.map_or(Precision::Absent, Precision::Exact),
@@ -205,8 +265,60 @@ impl TableFiles {
                     .with_statistics(Arc::new(statistics)),
             );
         }
-        let bounds = FileBounds::new(&layout_schema, columns, row_counts)?;
-        Ok(Ok(Self { schema, store, layout, to_layout, files, bounds }))
+        Ok(Ok(Self::from_files(schema, &partition_columns, store, files)?))
+    }
+
+    /// The table over `files`, each with its partition values and statistics in scan layout
+    /// (stored columns, then `partition_columns`, in `schema`'s order).
+    fn from_files(
+        schema: SchemaRef,
+        partition_columns: &[String],
+        store: ObjectStoreUrl,
+        files: Vec<PartitionedFile>,
+    ) -> Result<Self> {
+        let (stored, partitions): (Vec<FieldRef>, Vec<FieldRef>) =
+            schema.fields().iter().cloned().partition(|f| !partition_columns.contains(f.name()));
+        if partitions.len() != partition_columns.len() {
+            return Err(Error::internal(format!(
+                "partition columns {partition_columns:?} are not all in the table's schema"
+            )));
+        }
+        let layout = TableSchema::builder(Arc::new(Schema::new(stored))).with_table_partition_cols(partitions).build();
+        let layout_schema = layout.table_schema().clone();
+        let to_layout = schema
+            .fields()
+            .iter()
+            .map(|f| layout_schema.index_of(f.name()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let bounds = FileBounds::new(&layout_schema, &files);
+        Ok(Self { schema, store, layout, to_layout, files, bounds })
+    }
+
+    /// The files as bytes (schema, partition columns, store and every file with its partition
+    /// values and statistics, in DataFusion's protobuf messages): what a cluster node needs to
+    /// scan this version without reading the Delta log.
+    fn to_bytes(&self) -> Result<Vec<u8>> {
+        let files =
+            self.files.iter().map(protobuf::PartitionedFile::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
+        let message = FilesMessage {
+            schema: Some(
+                protobuf::Schema::try_from(self.schema.as_ref()).map_err(datafusion::error::DataFusionError::from)?,
+            ),
+            partition_columns: self.layout.table_partition_cols().iter().map(|f| f.name().clone()).collect(),
+            store: self.store.as_str().to_string(),
+            files,
+        };
+        Ok(prost::Message::encode_to_vec(&message))
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let message: FilesMessage = prost::Message::decode(bytes)
+            .map_err(|e| Error::internal(format!("a table's file list does not decode: {e}")))?;
+        let schema = message.schema.as_ref().ok_or_else(|| Error::internal("a table's file list has no schema"))?;
+        let schema = Arc::new(Schema::try_from(schema).map_err(datafusion::error::DataFusionError::from)?);
+        let store = ObjectStoreUrl::parse(&message.store)?;
+        let files = message.files.iter().map(PartitionedFile::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
+        Self::from_files(schema, &message.partition_columns, store, files)
     }
 
     async fn scan(
@@ -316,7 +428,7 @@ struct ColumnBounds {
 }
 
 impl ColumnBounds {
-    fn stored(actions: &RecordBatch, field: &FieldRef) -> Result<Self> {
+    fn stored(actions: &RecordBatch, field: &FieldRef) -> Self {
         let rows = actions.num_rows();
         let name = field.name();
         let min = typed_column(actions, &format!("min.{name}"), field.data_type(), rows);
@@ -343,7 +455,7 @@ impl ColumnBounds {
                 .collect(),
             None => vec![None; rows],
         };
-        Ok(Self { min, max, nulls, partition: false })
+        Self { min, max, nulls, partition: false }
     }
 
     fn partition(actions: &RecordBatch, field: &FieldRef) -> Result<Self> {
@@ -398,30 +510,31 @@ struct FileBounds {
 }
 
 impl FileBounds {
-    fn new(schema: &SchemaRef, columns: Vec<ColumnBounds>, rows: Vec<Option<u64>>) -> Result<Self> {
-        let files = rows.len();
+    /// The bounds in `files`' statistics (in `schema`'s order, which is the scan layout).
+    fn new(schema: &SchemaRef, files: &[PartitionedFile]) -> Self {
+        let statistics: Vec<Option<&Statistics>> = files.iter().map(|f| f.statistics.as_deref()).collect();
+        let column = |i: usize| statistics.iter().map(move |s| s.and_then(|s| s.column_statistics.get(i)));
         // All unknown is no statistic; otherwise unknown files are nulls (never pruned).
-        let array = |values: Vec<ScalarValue>| -> Option<ArrayRef> {
-            if values.iter().all(ScalarValue::is_null) {
+        let array = |field: &FieldRef, values: Vec<Option<ScalarValue>>| -> Option<ArrayRef> {
+            if values.iter().all(|v| v.as_ref().is_none_or(ScalarValue::is_null)) {
                 return None;
             }
-            ScalarValue::iter_to_array(values).ok()
+            let null = ScalarValue::try_from(field.data_type()).ok()?;
+            ScalarValue::iter_to_array(values.into_iter().map(|v| v.unwrap_or_else(|| null.clone()))).ok()
+        };
+        let counts = |values: Vec<Option<u64>>| -> Option<ArrayRef> {
+            values.iter().any(Option::is_some).then(|| Arc::new(UInt64Array::from(values)) as ArrayRef)
         };
         let (mut min, mut max, mut nulls) = (Vec::new(), Vec::new(), Vec::new());
-        for column in columns {
-            let null_counts: Vec<Option<u64>> = if column.partition {
-                column.min.iter().zip(&rows).map(|(v, r)| if v.is_null() { *r } else { Some(0) }).collect()
-            } else {
-                column.nulls
-            };
-            nulls.push(
-                null_counts.iter().any(Option::is_some).then(|| Arc::new(UInt64Array::from(null_counts)) as ArrayRef),
-            );
-            min.push(array(column.min));
-            max.push(array(column.max));
+        for (i, field) in schema.fields().iter().enumerate() {
+            min.push(array(field, column(i).map(|c| c.and_then(|c| c.min_value.get_value().cloned())).collect()));
+            max.push(array(field, column(i).map(|c| c.and_then(|c| c.max_value.get_value().cloned())).collect()));
+            nulls
+                .push(counts(column(i).map(|c| c.and_then(|c| c.null_count.get_value()).map(|n| *n as u64)).collect()));
         }
-        let rows = rows.iter().any(Option::is_some).then(|| Arc::new(UInt64Array::from(rows)) as ArrayRef);
-        Ok(Self { schema: schema.clone(), min, max, nulls, rows, files })
+        let rows =
+            counts(statistics.iter().map(|s| s.and_then(|s| s.num_rows.get_value()).map(|n| *n as u64)).collect());
+        Self { schema: schema.clone(), min, max, nulls, rows, files: files.len() }
     }
 
     fn column(&self, column: &Column) -> Option<usize> {
@@ -661,6 +774,40 @@ mod tests {
         assert!(protocol.contains("timestampNtz"), "{protocol}");
         assert_eq!(files_read(&engine, "SELECT * FROM n WHERE k = 3").await, Some(1));
         assert_eq!(text(&engine, "SELECT count(*) AS c FROM n").await, text(&engine, "SELECT 10 AS c").await);
+    }
+
+    /// A file list decoded elsewhere (a fresh context, as a cluster node has) scans the same
+    /// files and answers the same: partition values with escapes and nulls, statistics for pruning.
+    #[tokio::test]
+    async fn a_file_list_travels_as_bytes_and_scans_the_same_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path().to_string_lossy(), 1 << 30)).await.unwrap();
+        run(&engine, "CREATE TABLE p (country VARCHAR, id INT, v DOUBLE) PARTITIONED BY (country)").await;
+        run(&engine, "INSERT INTO p VALUES ('SE', 1, 1.5), (NULL, 2, 2.5), ('a b/c', 3, 3.5)").await;
+        run(&engine, "INSERT INTO p SELECT 'SE', CAST(value AS INT), value * 0.5 FROM generate_series(10, 99)").await;
+        let session = engine.session();
+        let provider = session.ctx().table_provider("p").await.unwrap();
+        let managed = provider.downcast_ref::<ManagedTable>().expect("a managed table");
+        let bytes = managed.file_list().expect("plain Parquet").unwrap();
+        let list = FileListTable::from_bytes(&bytes).unwrap();
+        assert_eq!(list.file_count(), 4);
+        assert_eq!(FileListTable::from_bytes(&list.to_bytes().unwrap()).unwrap().file_count(), 4);
+
+        let remote = datafusion::prelude::SessionContext::new();
+        remote.register_table("p", Arc::new(list)).unwrap();
+        for sql in [
+            "SELECT country, id, v FROM p ORDER BY id",
+            "SELECT id FROM p WHERE country IS NULL",
+            "SELECT id, v FROM p WHERE country = 'a b/c'",
+            "SELECT count(*) AS n, sum(v) AS v FROM p WHERE id > 50",
+        ] {
+            let there = remote.sql(sql).await.unwrap().collect().await.unwrap();
+            assert_eq!(pretty_format_batches(&there).unwrap().to_string(), text(&engine, sql).await, "{sql}");
+        }
+        // Pruning works from the decoded statistics: one file holds ids above 50.
+        let plan = remote.sql("SELECT * FROM p WHERE id > 50").await.unwrap().create_physical_plan().await.unwrap();
+        let rendered = datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string();
+        assert_eq!(rendered.matches(".parquet").count(), 1, "{rendered}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use object_store::ObjectStoreExt;
 use crate::error::Result;
 use crate::storage::Warehouse;
 
-pub use files::ManagedTable;
+pub use files::{FileListTable, ManagedTable};
 pub use staging::Staged;
 pub use table::{Source, count_rows, create_table, delete_location};
 pub use types::{cast_plan_to, delta_compatible_plan, delta_compatible_schema, delta_type};

@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
-use datafusion::execution::context::SessionState;
+use datafusion::execution::context::{QueryPlanner, SessionState};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::optimizer::OptimizerRule;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tracing::{info, warn};
 
@@ -56,6 +57,24 @@ pub struct EngineConfig {
     pub query_log_size: usize,
     /// URL prefixes `STORED AS JSON_API` tables may fetch; empty turns HTTP sources off.
     pub http_allow: Vec<String>,
+    /// The cluster queries' reads run on, if any (see [`ClusterHook`]).
+    pub cluster: Option<Arc<dyn ClusterHook>>,
+}
+
+/// How the engine hands queries to a cluster. The core knows no cluster: `streampulse-cluster`
+/// implements this for Ballista. Every session of an engine with a cluster plans with these
+/// settings, rules and planner; the planner decides, plan by plan, what runs on the cluster
+/// and what stays here.
+pub trait ClusterHook: std::fmt::Debug + Send + Sync {
+    /// The session settings, given the engine's (applied to every session).
+    fn configure(&self, config: SessionConfig) -> SessionConfig;
+    /// The logical optimizer rules, given DataFusion's.
+    fn optimizer_rules(
+        &self,
+        rules: Vec<Arc<dyn OptimizerRule + Send + Sync>>,
+    ) -> Vec<Arc<dyn OptimizerRule + Send + Sync>>;
+    /// The planner of every query's physical plan.
+    fn query_planner(&self) -> Arc<dyn QueryPlanner + Send + Sync>;
 }
 
 impl EngineConfig {
@@ -72,6 +91,7 @@ impl EngineConfig {
             query_log_size: 1000,
             target_partitions: None,
             http_allow: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -176,7 +196,14 @@ impl Engine {
         let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
         let at = rules.iter().position(|r| r.name() == MemoryAwareJoinSelection::AFTER).map_or(0, |i| i + 1);
         rules.insert(at, Arc::new(MemoryAwareJoinSelection::new(query_memory_limit)));
-        let state = SessionStateBuilder::new()
+        let mut builder = SessionStateBuilder::new();
+        if let Some(cluster) = &config.cluster {
+            session_config = cluster.configure(session_config);
+            builder = builder
+                .with_optimizer_rules(cluster.optimizer_rules(datafusion::optimizer::Optimizer::new().rules))
+                .with_query_planner(cluster.query_planner());
+        }
+        let state = builder
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features()

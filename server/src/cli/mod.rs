@@ -5,6 +5,7 @@
 //! defaults), builds the one engine, and hands it to the server or to the core's script runner.
 //! Exit codes: 0 done, 1 the work failed, 2 the command line or configuration is wrong.
 
+pub mod cluster;
 pub mod datagen;
 pub mod mock_api;
 pub mod serve;
@@ -44,6 +45,10 @@ enum Command {
     ConfigReference,
     /// Generate the StreamPulse dataset (plays, users, songs, ...) at a scale factor.
     Datagen(datagen::DatagenArgs),
+    /// Run a cluster scheduler (Apache DataFusion Ballista) with StreamPulse's functions: `serve --cluster` sends queries here.
+    Scheduler(cluster::SchedulerArgs),
+    /// Run a cluster executor that registers with a scheduler and runs query tasks.
+    Executor(cluster::ExecutorArgs),
     /// Serve a mock of the song metadata API (pipeline C) from a datagen folder, with latency and faults.
     MockApi(mock_api::MockApiArgs),
 }
@@ -109,6 +114,8 @@ pub async fn run() -> ExitCode {
         Command::Task(args) => task::run(args).await,
         Command::Datagen(args) => datagen::run(args),
         Command::MockApi(args) => mock_api::run(args).await,
+        Command::Scheduler(args) => cluster::run_scheduler_role(args).await,
+        Command::Executor(args) => cluster::run_executor_role(args).await,
         Command::Functions => {
             print!("{}", streampulse_udfs::reference_markdown());
             Ok(())
@@ -134,7 +141,9 @@ fn report(error: CliError) -> ExitCode {
     let mut source = e.source();
     while let Some(cause) = source {
         let text = cause.to_string();
-        if !message.contains(&text) {
+        // DataFusion's wrappers repeat their inner error behind a prefix of their own.
+        let bare = ["External error: ", "Execution error: "].iter().fold(text.as_str(), |t, p| t.trim_start_matches(p));
+        if !message.contains(bare) {
             message.push_str(&format!("\n  caused by: {text}"));
         }
         source = cause.source();

@@ -57,11 +57,21 @@ pub fn merge(command: &Command, matches: &ArgMatches, mut argv: Vec<OsString>) -
     Ok(argv)
 }
 
-/// Every setting's id (the TOML key): the arguments of `serve`, which has them all.
+/// Every setting's id (the TOML key): the arguments of `serve` and of the cluster roles.
 pub fn known_settings(command: &Command) -> Vec<String> {
-    let mut serve = command.find_subcommand("serve").cloned().unwrap_or_else(|| command.clone());
-    serve.build();
-    serve.get_arguments().map(|a| a.get_id().to_string()).filter(|id| !NOT_FROM_FILE.contains(&id.as_str())).collect()
+    let mut known: Vec<String> = Vec::new();
+    // `serve` has the warehouse settings and its own; the cluster roles add theirs (their ids
+    // are their own: `scheduler_listen`, `executor_listen`, ...).
+    for name in ["serve", "scheduler", "executor"] {
+        let mut sub = command.find_subcommand(name).cloned().unwrap_or_else(|| command.clone());
+        sub.build();
+        for id in sub.get_arguments().map(|a| a.get_id().to_string()) {
+            if !NOT_FROM_FILE.contains(&id.as_str()) && !known.contains(&id) {
+                known.push(id);
+            }
+        }
+    }
+    known
 }
 
 /// The file's settings as `(key, value text)`, `[s3] endpoint` as `s3_endpoint`.

@@ -11,9 +11,10 @@ pub mod size;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
-use streampulse_engine::{EngineConfig, Error, Result, S3Config};
+use streampulse_engine::{ClusterHook, EngineConfig, Error, Result, S3Config};
 
 pub use size::{ByteSize, MemorySize, SpillCompression};
 
@@ -66,6 +67,9 @@ pub struct WarehouseArgs {
     /// URL prefixes that JSON_API tables may fetch, comma-separated (e.g. https://api.example.com/v1/; a list in the file); host names may not resolve to loopback or link-local addresses, an IP address listed here is allowed as written [default: none, HTTP sources off]
     #[arg(long, global = true, env = "STREAMPULSE_HTTP_SOURCES_ALLOW", value_delimiter = ',')]
     pub http_sources_allow: Vec<String>,
+    /// Run queries on a cluster: its scheduler, df://HOST:PORT (`streampulse scheduler`); catalog, DDL and commits stay here [default: none, all on this node]
+    #[arg(long, global = true, env = "STREAMPULSE_CLUSTER")]
+    pub cluster: Option<String>,
     /// Recent statements kept in system.queries (a ring buffer in memory)
     #[arg(long, global = true, env = "STREAMPULSE_QUERY_LOG_SIZE", default_value = "1000")]
     pub query_log_size: NonZeroUsize,
@@ -166,6 +170,10 @@ impl WarehouseArgs {
             target_partitions: self.target_partitions.map(NonZeroUsize::get),
             query_log_size: self.query_log_size.get(),
             http_allow: self.http_sources_allow.clone(),
+            cluster: match &self.cluster {
+                Some(url) => Some(Arc::new(streampulse_cluster::Cluster::parse(url)?) as Arc<dyn ClusterHook>),
+                None => None,
+            },
         })
     }
 }

@@ -4,12 +4,12 @@
 
 use clap::Command;
 
-/// The Markdown table of every setting of `serve` and `sql`.
+/// The Markdown table of every setting of `serve`, `sql` and the cluster roles.
 pub fn markdown(command: &Command) -> String {
     let mut out = String::from("| flag | env var | TOML key | default | meaning |\n|---|---|---|---|---|\n");
     let known = super::file::known_settings(command);
     let mut seen = Vec::new();
-    for name in ["serve", "sql"] {
+    for name in ["serve", "sql", "scheduler", "executor"] {
         let Some(mut sub) = command.find_subcommand(name).cloned() else { continue };
         sub.build();
         for arg in sub.get_arguments() {
@@ -32,13 +32,7 @@ pub fn markdown(command: &Command) -> String {
                     format!("`{}`", values.iter().map(|v| v.to_string_lossy()).collect::<Vec<_>>().join(","))
                 }
             };
-            let flag = if name == "serve" && !known_global(&id) {
-                format!("`--{long}` (serve)")
-            } else if name == "sql" {
-                format!("`--{long}` (sql)")
-            } else {
-                format!("`--{long}`")
-            };
+            let flag = if known_global(&id) { format!("`--{long}`") } else { format!("`--{long}` ({name})") };
             let env = arg.get_env().map_or("–".to_string(), |e| format!("`{}`", e.to_string_lossy()));
             let key = if id == "config" || !known.contains(&id) {
                 "–".to_string()

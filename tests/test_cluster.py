@@ -1,0 +1,325 @@
+"""Scale-out on Ballista: one `streampulse scheduler` and two `streampulse executor` processes on
+loopback, started here. The same generated data is loaded into two warehouses, one by a single
+node and one through the cluster (`sql --cluster`: the landing CSV files are read by the
+executors, the Delta commits written by the coordinator). Pipelines A, B, D and E then run on
+each, and their outputs must be equal: exact for integers and cents, 1e-9 for scores and
+statistics. Every executor must have run tasks, and a server started with `--cluster` must
+answer over Flight SQL as one without."""
+
+import math
+import os
+import re
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, Server, adbc_connect, binary, free_port, run_cli
+
+PIPELINES = ROOT / "sql" / "pipelines"
+RUNS = [  # (script, params)
+    ("a_daily_play_counts.sql", ["run_date=2026-10-03"]),
+    ("a_daily_play_counts.sql", ["run_date=2026-10-04"]),
+    ("b_recommendations.sql", ["run_date=2026-10-20"]),
+    ("d_royalties.sql", ["month=2026-10"]),
+    ("e_ab_analytics.sql", []),
+]
+OUTPUTS = {  # table -> ORDER BY that makes its rows comparable
+    "music.daily_play_counts": "play_date, song_id, artist_id",
+    "music.recommendations": "run_date, user_id, rank",
+    "music.royalties": "month, model, artist_id",
+    "music.experiment_results": "1, 2, 3",
+}
+
+
+class Role:
+    """A running `streampulse scheduler` or `streampulse executor`."""
+
+    def __init__(self, args, log_path, log="info"):
+        self.log_path = log_path
+        env = dict(os.environ, STREAMPULSE_LOG=log)
+        self.proc = subprocess.Popen([binary(), *args], stdout=subprocess.DEVNULL,
+                                     stderr=open(log_path, "ab"), env=env)
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def wait_ready(port, roles, timeout=90):
+    """Until the scheduler's /readyz says its executors are registered."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for r in roles:
+            if r.proc.poll() is not None:
+                raise RuntimeError(f"a cluster role exited with {r.proc.returncode}:\n{r.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the cluster did not become ready:\n" + "\n".join(r.log()[-2000:] for r in roles))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cluster")
+    port = free_port()
+    roles = [Role(["scheduler", "--listen", f"127.0.0.1:{port}", "--min-ready-executors", "2", "--executor-timeout", "8s",
+                   "--warehouse", str(base / "wh-cluster")], base / "scheduler.log")]
+    for i in (1, 2):
+        roles.append(Role(["executor", "--scheduler", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{free_port()}",
+                           "--grpc-listen", f"127.0.0.1:{free_port()}", "--vcores", "1", "--memory-limit", "1GiB",
+                           "--work-dir", str(base / f"executor-{i}"), "--heartbeat-interval", "2s",
+                           "--warehouse", str(base / "wh-cluster")],
+                          base / f"executor-{i}.log"))
+    try:
+        wait_ready(port, roles)
+        yield base, f"df://127.0.0.1:{port}", roles
+    finally:
+        for r in reversed(roles):
+            r.stop()
+
+
+def tasks_run(role):
+    return role.log().count("Execute task")
+
+
+def sql(wh, *args, cluster=None, timeout=600):
+    extra = ["--cluster", cluster] if cluster else []
+    return run_cli("sql", "--warehouse", str(wh), *extra, *args, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def both(cluster):
+    """The same data and pipelines in a single-node warehouse and a cluster one."""
+    base, url, roles = cluster
+    data = base / "data"
+    run_cli("datagen", "--scale", "0.001", "--seed", "21", "--out", str(data), "--quiet")
+    single, clustered = base / "wh-single", base / "wh-cluster"
+    load = ["-f", str(ROOT / "sql" / "load_generated.sql"), "--param", f"data={data}", "--param", "format=csv"]
+    sql(single, *load)
+    before = [tasks_run(r) for r in roles[1:]]
+    sql(clustered, *load, cluster=url)
+    loaded_by = [tasks_run(r) - b for r, b in zip(roles[1:], before)]
+    for script, params in RUNS:
+        args = ["-f", str(PIPELINES / script), *[a for p in params for a in ("--param", p)]]
+        sql(single, *args)
+        before = [tasks_run(r) for r in roles[1:]]
+        sql(clustered, *args, cluster=url)
+        ran = [tasks_run(r) - b for r, b in zip(roles[1:], before)]
+        assert sum(ran) > 0, f"{script} ran no task on the cluster"
+    return single, clustered, url, roles, loaded_by
+
+
+def rows(wh, query, cluster=None):
+    out = sql(wh, "--format", "csv", "-e", query, cluster=cluster).stdout
+    return [line.split(",") for line in out.strip().splitlines()]
+
+
+def same(a, b, tol=1e-9):
+    """Rows equal, numbers that are not integers within `tol` (relative)."""
+    assert len(a) == len(b), f"{len(a)} rows against {len(b)}"
+    for ra, rb in zip(a, b):
+        assert len(ra) == len(rb)
+        for x, y in zip(ra, rb):
+            if x == y:
+                continue
+            fx, fy = float(x), float(y)  # anything else unequal fails here
+            assert math.isclose(fx, fy, rel_tol=tol, abs_tol=tol), f"{ra} != {rb}"
+
+
+def test_loading_through_the_cluster_runs_tasks_on_every_executor(both):
+    *_, loaded_by = both
+    assert all(n > 0 for n in loaded_by), f"tasks per executor while loading: {loaded_by}"
+
+
+@pytest.mark.parametrize("table", list(OUTPUTS))
+def test_pipelines_on_the_cluster_write_what_a_single_node_writes(both, table):
+    single, clustered, *_ = both
+    query = f"SELECT * FROM {table} ORDER BY {OUTPUTS[table]}"
+    ours, theirs = rows(clustered, query), rows(single, query)
+    assert len(ours) > 1
+    if table == "music.recommendations":
+        # A user's near-tied songs may swap ranks: taste vectors are f64 sums whose order
+        # differs between plans. Compare each user's scores by rank, and the songs where the
+        # scores are not tied.
+        same([r[:3] + [r[4]] for r in ours], [r[:3] + [r[4]] for r in theirs])
+        ties = {(r[1], r[4]) for r in theirs}
+        differ = [(a, b) for a, b in zip(ours, theirs) if a[3] != b[3]]
+        assert all((a[1], a[4]) in ties for a, _ in differ), differ[:5]
+    else:
+        same(ours, theirs)
+
+
+def test_queries_over_flight_sql_answer_as_without_the_cluster(both):
+    single, clustered, url, roles, _ = both
+    queries = [
+        "SELECT u.country, count(*) AS n, sum(ms_played) AS ms FROM music.plays p JOIN music.users u USING (user_id) "
+        "GROUP BY u.country ORDER BY u.country",
+        "SELECT play_date, count(DISTINCT user_id) AS listeners FROM music.plays "
+        "WHERE play_date BETWEEN DATE '2026-10-05' AND DATE '2026-10-09' GROUP BY play_date ORDER BY play_date",
+        "SELECT s.genre, round(avg(p.ms_played), 6) AS ms FROM music.plays p JOIN music.songs s USING (song_id) "
+        "WHERE p.user_id NOT IN (SELECT user_id FROM music.users WHERE country = 'SE') GROUP BY s.genre ORDER BY 1",
+        "SELECT count(*) FROM landing.plays",
+    ]
+    answers = {}
+    before = [tasks_run(r) for r in roles[1:]]
+    for wh, extra in ((single, []), (clustered, ["--cluster", url])):
+        s = Server(str(wh), extra_args=["--no-scheduler", "--no-pipes", *extra],
+                   log_path=str(wh.parent / f"{wh.name}-server.log")).start()
+        try:
+            conn = adbc_connect(s.uri)
+            cur = conn.cursor()
+            got = []
+            for q in queries:
+                cur.execute(q)
+                got.append(cur.fetchall())
+            conn.close()
+        finally:
+            s.stop()
+        answers[wh.name] = got
+    for q, ours, theirs in zip(queries, answers[clustered.name], answers[single.name]):
+        assert ours == theirs, q
+    ran = [tasks_run(r) - b for r, b in zip(roles[1:], before)]
+    assert sum(ran) >= len(queries), f"tasks per executor: {ran}"
+
+
+def test_what_cannot_run_on_the_cluster_runs_on_the_server(both):
+    single, clustered, url, *_ = both
+    # system tables describe the server; a query reading no table has nothing to distribute
+    out = sql(clustered, "-e", "SELECT 1 + 1 AS two; SELECT count(*) >= 0 AS ok FROM system.queries", cluster=url)
+    assert "2" in out.stdout and "true" in out.stdout
+
+
+def test_a_cluster_that_is_not_there_is_a_clear_error(both, tmp_path):
+    single, *_ = both
+    nobody = f"df://127.0.0.1:{free_port()}"
+    r = run_cli("sql", "--warehouse", str(single), "--cluster", nobody, "-e", "SELECT count(*) FROM music.plays",
+                check=False, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert f"the cluster's scheduler at {nobody.replace('df://', '')} cannot be reached" in r.stderr, r.stderr
+    # over Flight SQL: UNAVAILABLE, and the server stays up
+    s = Server(str(single), extra_args=["--no-scheduler", "--no-pipes", "--cluster", nobody],
+               log_path=str(tmp_path / "server.log")).start()
+    try:
+        conn = adbc_connect(s.uri)
+        cur = conn.cursor()
+        with pytest.raises(Exception, match="cannot be reached.*Unavailable"):
+            cur.execute("SELECT count(*) FROM music.plays")
+            cur.fetchall()
+        cur.execute("SELECT 41 + 1")  # reads no table: runs on the server
+        assert cur.fetchall() == [(42,)]
+        cur.close()
+        conn.close()
+    finally:
+        s.stop()
+
+
+def test_an_executor_under_a_small_memory_limit_spills_instead_of_dying(both, tmp_path):
+    """Its own cluster: one executor whose tasks share 24 MiB sorts and joins a ~50 MB table."""
+    single, *_ = both
+    port = free_port()
+    roles = [Role(["scheduler", "--listen", f"127.0.0.1:{port}", "--warehouse", str(single)], tmp_path / "s.log"),
+             Role(["executor", "--scheduler", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{free_port()}",
+                   "--grpc-listen", f"127.0.0.1:{free_port()}", "--vcores", "1", "--memory-limit", "24MiB",
+                   "--work-dir", str(tmp_path / "e"), "--warehouse", str(single)],
+                  tmp_path / "e.log", log="info,ballista_executor::metrics=debug")]
+    try:
+        wait_ready(port, roles)
+        sql(single, "-e", "CREATE OR REPLACE TABLE big AS SELECT value AS k, value * 7 % 1000003 AS v, "
+                          "'row ' || CAST(value AS VARCHAR) AS s FROM generate_series(1, 2000000)")
+        queries = [
+            "SELECT k, v, s FROM (SELECT *, row_number() OVER (ORDER BY v DESC, k) AS r FROM big) WHERE r % 400000 = 1 "
+            "ORDER BY r",
+            "SELECT count(*), sum(a.v - b.v) FROM big a JOIN big b ON a.k = b.v",
+        ]
+        url = f"df://127.0.0.1:{port}"
+        for q in queries:
+            assert rows(single, q, cluster=url) == rows(single, q), q
+        assert roles[1].proc.poll() is None, "the executor died"
+        spills = [int(n) for n in re.findall(r"spill_count=(\d+)", roles[1].log())]
+        assert sum(spills) > 0, "nothing spilled: the limit did not bind"
+    finally:
+        for r in reversed(roles):
+            r.stop()
+
+
+def test_an_executor_killed_mid_query_fails_or_retries_and_the_next_query_works(both):
+    """Last in this file: it leaves the cluster with one executor."""
+    single, clustered, url, roles, _ = both
+    heavy = ("SELECT count(*), sum(a.ms_played + b.ms_played) FROM music.plays a "
+             "JOIN music.plays b ON a.song_id = b.song_id AND a.user_id <> b.user_id "
+             "WHERE a.play_date <= DATE '2026-10-06'")
+    s = Server(str(clustered), extra_args=["--no-scheduler", "--no-pipes", "--cluster", url],
+               log_path=str(clustered.parent / "kill-server.log")).start()
+    try:
+        import threading
+
+        outcome = {}
+
+        def run():
+            conn = adbc_connect(s.uri)
+            cur = conn.cursor()
+            try:
+                cur.execute(heavy)
+                outcome["rows"] = cur.fetchall()
+            except Exception as e:  # noqa: BLE001 (what the client sees is the point)
+                outcome["error"] = str(e)
+            finally:
+                cur.close()
+                conn.close()
+
+        before = tasks_run(roles[2])
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.time() + 60
+        while tasks_run(roles[2]) == before and time.time() < deadline and t.is_alive():
+            time.sleep(0.05)
+        assert t.is_alive(), f"the query ended before its executor could be killed: {outcome}"
+        roles[2].proc.kill()
+        roles[2].proc.wait(10)
+        t.join(300)
+        assert not t.is_alive(), "the query hung after its executor died"
+        if "error" in outcome:
+            assert "executor" in outcome["error"].lower() or "task" in outcome["error"].lower(), outcome["error"]
+        else:
+            expected = rows(single, heavy)[1:]
+            assert [list(map(str, outcome["rows"][0]))] == expected
+        assert s.proc.poll() is None, "the server died with the executor"
+        conn = adbc_connect(s.uri)
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) FROM music.plays")
+        assert cur.fetchall()[0][0] > 0
+        cur.close()
+        conn.close()
+        print(f"killed mid-query: {outcome}")
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sql", "--cluster", "s3://bucket", "-e", "SELECT 1"], "expected df://host:port"),
+    (["sql", "--cluster", "df://", "-e", "SELECT 1"], "expected df://host:port"),
+    (["executor", "--listen", "127.0.0.1:50061", "--grpc-listen", "127.0.0.2:50062"], "same host"),
+    (["executor", "--listen", "127.0.0.1:7000", "--grpc-listen", "127.0.0.1:7000"], "two different"),
+    (["executor", "--scheduler", "nohost"], "--scheduler 'nohost'"),
+    (["scheduler", "--listen", "not-an-address"], "--listen 'not-an-address'"),
+    (["scheduler", "--cluster", "df://x:1"], "is for serve and sql"),
+])
+def test_wrong_cluster_settings_are_usage_errors(tmp_path, args, message):
+    r = run_cli(*args, "--warehouse", str(tmp_path / "wh"), check=False, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert message in r.stderr, r.stderr
