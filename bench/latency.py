@@ -65,16 +65,17 @@ def call(cur, kind, rows, rng):
         raise SystemExit(f"lookup of {k} answered {got}")
 
 
-def client(uri, kind, rows, seconds, start_at, seed, out):
+def client(uri, kind, rows, seconds, ready, seed, out):
     rng = random.Random(seed)
     conn = adbc_connect(uri)
     cur = conn.cursor()
     for _ in range(20):
         call(cur, kind, rows, rng)
-    while time.time() < start_at:
-        time.sleep(0.001)
+    # Every client has connected and warmed up before any is timed: with many client processes
+    # on few cores, starting and warming up takes longer than a fixed head start.
+    ready.wait()
     times = []
-    end = start_at + seconds
+    end = time.time() + seconds
     while True:
         t0 = time.perf_counter()
         call(cur, kind, rows, rng)
@@ -113,8 +114,8 @@ def main():
         for kind in args.statements.split(","):
             for n in (int(x) for x in args.clients.split(",")):
                 out = ctx.Queue()
-                start_at = time.time() + 3 + 0.05 * n
-                procs = [ctx.Process(target=client, args=(server.uri, kind, args.rows, args.seconds, start_at, i, out))
+                ready = ctx.Barrier(n)
+                procs = [ctx.Process(target=client, args=(server.uri, kind, args.rows, args.seconds, ready, i, out))
                          for i in range(n)]
                 for p in procs:
                     p.start()
