@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, Server, adbc_connect, binary, free_port, run_cli
+from conftest import BUCKET, ROOT, Server, adbc_connect, binary, free_port, run_cli, s3_env
 
 PIPELINES = ROOT / "sql" / "pipelines"
 RUNS = [  # (script, params)
@@ -36,9 +36,9 @@ OUTPUTS = {  # table -> ORDER BY that makes its rows comparable
 class Role:
     """A running `streampulse scheduler` or `streampulse executor`."""
 
-    def __init__(self, args, log_path, log="info"):
+    def __init__(self, args, log_path, log="info", env=None):
         self.log_path = log_path
-        env = dict(os.environ, STREAMPULSE_LOG=log)
+        env = dict(os.environ, STREAMPULSE_LOG=log, **(env or {}))
         self.proc = subprocess.Popen([binary(), *args], stdout=subprocess.DEVNULL,
                                      stderr=open(log_path, "ab"), env=env)
 
@@ -187,7 +187,12 @@ def test_queries_over_flight_sql_answer_as_without_the_cluster(both):
             for q in queries:
                 cur.execute(q)
                 got.append(cur.fetchall())
+            cur.execute("SELECT query_text, cluster_jobs FROM system.queries WHERE state = 'succeeded'")
+            jobs = dict(cur.fetchall())
+            cur.close()
             conn.close()
+            # each query was one job on the cluster, and none on the single node
+            assert [jobs[q] for q in queries] == ([1] * len(queries) if extra else [0] * len(queries)), jobs
         finally:
             s.stop()
         answers[wh.name] = got
@@ -252,6 +257,48 @@ def test_an_executor_under_a_small_memory_limit_spills_instead_of_dying(both, tm
         assert roles[1].proc.poll() is None, "the executor died"
         spills = [int(n) for n in re.findall(r"spill_count=(\d+)", roles[1].log())]
         assert sum(spills) > 0, "nothing spilled: the limit did not bind"
+    finally:
+        for r in reversed(roles):
+            r.stop()
+
+
+def test_a_warehouse_on_s3_on_the_cluster(s3, tmp_path):
+    """Managed and Hive-partitioned external tables on S3 (moto): every role reaches the bucket
+    with its own settings; answers equal a single node's."""
+    endpoint, client = s3
+    for month, body in ((1, b"id,name\n1,a\n2,b\n"), (2, b"id,name\n3,c\n")):
+        client.put_object(Bucket=BUCKET, Key=f"cluster-landing/year=2026/month={month}/part.csv", Body=body)
+    env = s3_env(endpoint)
+    wh = f"s3://{BUCKET}/cluster-wh"
+    port = free_port()
+    roles = [Role(["scheduler", "--listen", f"127.0.0.1:{port}", "--min-ready-executors", "2", "--warehouse", wh],
+                  tmp_path / "s.log", env=env)]
+    for i in (1, 2):
+        roles.append(Role(["executor", "--scheduler", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{free_port()}",
+                           "--grpc-listen", f"127.0.0.1:{free_port()}", "--vcores", "1", "--memory-limit", "512MiB",
+                           "--work-dir", str(tmp_path / f"e{i}"), "--warehouse", wh], tmp_path / f"e{i}.log", env=env))
+    try:
+        wait_ready(port, roles)
+        setup = (
+            "CREATE SCHEMA s; "
+            "CREATE EXTERNAL TABLE s.raw (id INT, name VARCHAR) STORED AS CSV PARTITIONED BY (year INT, month INT) "
+            f"LOCATION 's3://{BUCKET}/cluster-landing/' OPTIONS ('format.has_header' 'true'); "
+            "CREATE TABLE s.wide PARTITIONED BY (month) AS SELECT r.id * 1000 + g.value AS k, r.name, r.month, "
+            "CAST(g.value AS DOUBLE) / 7 AS x FROM s.raw r, generate_series(1, 5000) g"
+        )
+        # generate_series is a table function the cluster cannot run: the data is written by one node
+        run_cli("sql", "--warehouse", wh, "-e", setup, env=env)
+        queries = [
+            "SELECT month, count(*) AS n, sum(k) AS k, round(sum(x), 6) AS x FROM s.wide GROUP BY month ORDER BY month",
+            "SELECT r.year, r.month, r.name, count(*) AS n FROM s.raw r JOIN s.wide w ON w.name = r.name "
+            "WHERE w.k % 3 = 0 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ]
+        for q in queries:
+            cluster = run_cli("sql", "--warehouse", wh, "--cluster", f"df://127.0.0.1:{port}", "--format", "csv",
+                              "-e", q, env=env).stdout
+            single = run_cli("sql", "--warehouse", wh, "--format", "csv", "-e", q, env=env).stdout
+            assert cluster == single and len(cluster.splitlines()) > 2, (q, cluster, single)
+        assert all(tasks_run(r) > 0 for r in roles[1:]), "an executor ran nothing"
     finally:
         for r in reversed(roles):
             r.stop()

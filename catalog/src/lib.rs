@@ -40,7 +40,7 @@ pub use catalog::{CATALOG_NAME, CatalogState, CatalogStore, DEFAULT_SCHEMA, Role
 pub use delta::{FileListTable, ManagedTable};
 pub use dml::LoadMode;
 pub use error::{Error, ErrorKind, Result};
-pub use session::{ClusterHook, Engine, EngineConfig, Origin, QueryStats, Session};
+pub use session::{CLUSTER_JOB_NODE, ClusterHook, Engine, EngineConfig, Origin, QueryStats, Session};
 pub use sql::{Planned, ScriptError, StatementKind, StatementOutput, StatementReport};
 pub use storage::{S3Config, Warehouse};
 pub use system::{QueryHandle, QueryLog, QueryState};

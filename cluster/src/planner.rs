@@ -118,7 +118,8 @@ impl DisplayAs for OnCluster {
 
 impl ExecutionPlan for OnCluster {
     fn name(&self) -> &str {
-        "OnCluster"
+        // The engine counts these per statement (system.queries.cluster_jobs).
+        streampulse_engine::CLUSTER_JOB_NODE
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {

@@ -61,6 +61,10 @@ pub struct EngineConfig {
     pub cluster: Option<Arc<dyn ClusterHook>>,
 }
 
+/// The name of the plan node a [`ClusterHook`]'s planner puts above each job it sends to the
+/// cluster: a statement counts them (`system.queries.cluster_jobs`).
+pub const CLUSTER_JOB_NODE: &str = "OnCluster";
+
 /// How the engine hands queries to a cluster. The core knows no cluster: `streampulse-cluster`
 /// implements this for Ballista. Every session of an engine with a cluster plans with these
 /// settings, rules and planner; the planner decides, plan by plan, what runs on the cluster

@@ -12,5 +12,5 @@ pub mod joins;
 pub mod pool;
 pub mod query;
 
-pub use engine::{ClusterHook, Engine, EngineConfig, memory_scaled_sizes};
+pub use engine::{CLUSTER_JOB_NODE, ClusterHook, Engine, EngineConfig, memory_scaled_sizes};
 pub use query::{Origin, QueryStats, Session};

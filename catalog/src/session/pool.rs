@@ -28,6 +28,7 @@ pub struct QueryPool {
     peak: AtomicUsize,
     spill_count: AtomicUsize,
     spilled_bytes: AtomicUsize,
+    cluster_jobs: AtomicUsize,
 }
 
 impl QueryPool {
@@ -41,6 +42,7 @@ impl QueryPool {
             peak: AtomicUsize::new(0),
             spill_count: AtomicUsize::new(0),
             spilled_bytes: AtomicUsize::new(0),
+            cluster_jobs: AtomicUsize::new(0),
         }
     }
 
@@ -54,6 +56,17 @@ impl QueryPool {
         self.peak.store(self.local.reserved(), Ordering::Relaxed);
         self.spill_count.store(0, Ordering::Relaxed);
         self.spilled_bytes.store(0, Ordering::Relaxed);
+        self.cluster_jobs.store(0, Ordering::Relaxed);
+    }
+
+    /// Count jobs this query sent to a cluster.
+    pub fn add_cluster_jobs(&self, jobs: usize) {
+        self.cluster_jobs.fetch_add(jobs, Ordering::Relaxed);
+    }
+
+    /// Jobs sent to a cluster since the last [`QueryPool::reset`].
+    pub fn cluster_jobs(&self) -> usize {
+        self.cluster_jobs.load(Ordering::Relaxed)
     }
 
     /// Count spills of a plan this query executed.

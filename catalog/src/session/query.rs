@@ -33,6 +33,8 @@ pub struct QueryStats {
     pub spill_count: usize,
     /// Bytes written to spill files.
     pub spilled_bytes: usize,
+    /// Jobs it ran on a cluster ([`crate::session::CLUSTER_JOB_NODE`]): 0 when it ran here.
+    pub cluster_jobs: usize,
 }
 
 /// A session over the engine's catalog and functions with its own per-query pool.
@@ -92,7 +94,7 @@ impl Session {
     /// What this session's statements cost since the last [`Session::reset_stats`].
     pub fn stats(&self) -> QueryStats {
         let (spill_count, spilled_bytes) = self.pool.spills();
-        QueryStats { peak_memory: self.pool.peak(), spill_count, spilled_bytes }
+        QueryStats { peak_memory: self.pool.peak(), spill_count, spilled_bytes, cluster_jobs: self.pool.cluster_jobs() }
     }
 
     /// Start measuring the next statement.
@@ -120,9 +122,16 @@ impl Session {
     /// Run a physical plan as a stream of batches; its spills are added to [`Session::stats`]
     /// when the stream ends or is dropped.
     pub fn execute(&self, plan: Arc<dyn ExecutionPlan>) -> Result<SendableRecordBatchStream> {
+        self.pool.add_cluster_jobs(cluster_jobs(&plan));
         let inner = datafusion::physical_plan::execute_stream(Arc::clone(&plan), self.task_ctx())?;
         Ok(Box::pin(RecordSpills { inner, plan, pool: Arc::clone(&self.pool), recorded: false }))
     }
+}
+
+/// Jobs a plan sends to a cluster: its nodes named [`crate::session::CLUSTER_JOB_NODE`].
+fn cluster_jobs(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let own = usize::from(plan.name() == super::engine::CLUSTER_JOB_NODE);
+    own + plan.children().into_iter().map(cluster_jobs).sum::<usize>()
 }
 
 /// Spill files and bytes written by every operator of an executed plan.
