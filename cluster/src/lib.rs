@@ -192,7 +192,7 @@ mod roundtrip_tests {
         ] {
             let session = engine.session();
             let Planned::Query(plan) = engine.plan_sql(&session, sql).await.unwrap() else { panic!("{sql}") };
-            let why = why_local(&plan).unwrap().unwrap_or_else(|| panic!("{sql}: sent to the cluster"));
+            let why = why_local(&plan).unwrap().unwrap_or_else(|| panic!("{sql}: sent to the cluster")).to_string();
             assert!(why.contains(reason), "{sql}: {why}");
         }
         let session = engine.session();

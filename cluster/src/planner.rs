@@ -6,10 +6,10 @@
 //! goes to the scheduler, which plans stages for the executors; the server streams the result.
 //! An INSERT whose rows can be read there is planned the same way, below the table's own sink:
 //! the server writes the cluster's result stream and commits once. Anything else runs here as
-//! without a cluster, with a log line saying why: other statements (DDL, UPDATE, DELETE,
-//! MERGE), system tables and
-//! `information_schema` (they describe this server), JSON_API sources, `top_k_nearest`,
-//! tables needing the Delta reader, and queries that read no table.
+//! without a cluster ([`Local`] says why): other statements (DDL, UPDATE, DELETE, MERGE),
+//! queries that read no table, and queries reading what only the server can: system tables and
+//! `information_schema` (they describe this server), JSON_API sources, `top_k_nearest`, tables
+//! needing the Delta reader.
 
 use std::sync::Arc;
 
@@ -74,13 +74,12 @@ impl QueryPlanner for ClusterPlanner {
                 debug!("query runs on the cluster");
                 Ok(self.distributed(plan, session))
             }
-            Some(reason) => {
-                // Statements and table-less queries always run here; a query that the cluster
-                // could run but for one table is worth a line at the default level.
-                if reason.starts_with("table") || reason.starts_with("plan node") {
-                    info!(reason, "query runs on the server, not the cluster");
-                } else {
-                    debug!(reason, "statement runs on the server");
+            Some(local) => {
+                // A query the cluster could run but for one part is worth a line at the
+                // default level; statements and table-less queries always run here.
+                match &local {
+                    Local::Part(reason) => info!(reason, "query runs on the server, not the cluster"),
+                    Local::Statement(reason) => debug!(reason, "statement runs on the server"),
                 }
                 self.local.create_physical_plan(plan, session).await
             }
@@ -167,8 +166,26 @@ fn on_cluster(e: DataFusionError, scheduler_url: &str) -> DataFusionError {
     e.context(format!("on the cluster (scheduler {})", scheduler_url.trim_start_matches("http://")))
 }
 
+/// Why a plan runs on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    /// Not a query, or a query that reads no table: never the cluster's.
+    Statement(&'static str),
+    /// A query the cluster could run but for this part of it (a table, a plan node).
+    Part(String),
+}
+
+impl std::fmt::Display for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Local::Statement(reason) => f.write_str(reason),
+            Local::Part(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// Why `plan` must run on the server (`None`: it can run on the cluster).
-pub fn why_local(plan: &LogicalPlan) -> Result<Option<String>> {
+pub fn why_local(plan: &LogicalPlan) -> Result<Option<Local>> {
     match plan {
         LogicalPlan::Dml(_)
         | LogicalPlan::Ddl(_)
@@ -176,7 +193,7 @@ pub fn why_local(plan: &LogicalPlan) -> Result<Option<String>> {
         | LogicalPlan::Statement(_)
         | LogicalPlan::Explain(_)
         | LogicalPlan::Analyze(_)
-        | LogicalPlan::DescribeTable(_) => return Ok(Some("not a query".into())),
+        | LogicalPlan::DescribeTable(_) => return Ok(Some(Local::Statement("not a query"))),
         _ => {}
     }
     let mut tables = 0;
@@ -191,18 +208,18 @@ pub fn why_local(plan: &LogicalPlan) -> Result<Option<String>> {
                         || provider.downcast_ref::<ManagedTable>().is_some_and(ManagedTable::plain)
                 });
                 if !shippable {
-                    reason = Some(format!("table {} is read on the server", scan.table_name));
+                    reason = Some(Local::Part(format!("table {} is read on the server", scan.table_name)));
                 }
             }
             LogicalPlan::Extension(extension) => {
-                reason = Some(format!("plan node {} runs on the server", extension.node.name()));
+                reason = Some(Local::Part(format!("plan node {} runs on the server", extension.node.name())));
             }
             _ => {}
         }
         Ok(if reason.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
     })?;
     if reason.is_none() && tables == 0 {
-        reason = Some("the query reads no table".into());
+        reason = Some(Local::Statement("the query reads no table"));
     }
     Ok(reason)
 }
