@@ -97,6 +97,11 @@ def tasks_run(role):
     return role.log().count("Execute task")
 
 
+def scored(role):
+    """Partitions of top_k_nearest the role scored (one INFO line each)."""
+    return role.log().count("top_k_nearest partition done")
+
+
 def sql(wh, *args, cluster=None, timeout=600):
     extra = ["--cluster", cluster] if cluster else []
     return run_cli("sql", "--warehouse", str(wh), *extra, *args, timeout=timeout)
@@ -113,15 +118,16 @@ def both(cluster):
     sql(single, *load)
     before = [tasks_run(r) for r in roles[1:]]
     sql(clustered, *load, cluster=url)
-    loaded_by = [tasks_run(r) - b for r, b in zip(roles[1:], before)]
+    work = {"load": [tasks_run(r) - b for r, b in zip(roles[1:], before)]}
     for script, params in RUNS:
         args = ["-f", str(PIPELINES / script), *[a for p in params for a in ("--param", p)]]
         sql(single, *args)
-        before = [tasks_run(r) for r in roles[1:]]
+        before = [(tasks_run(r), scored(r)) for r in roles[1:]]
         sql(clustered, *args, cluster=url)
-        ran = [tasks_run(r) - b for r, b in zip(roles[1:], before)]
+        ran = [tasks_run(r) - b for r, (b, _) in zip(roles[1:], before)]
         assert sum(ran) > 0, f"{script} ran no task on the cluster"
-    return single, clustered, url, roles, loaded_by
+        work[script] = [scored(r) - b for r, (_, b) in zip(roles[1:], before)]
+    return single, clustered, url, roles, work
 
 
 def rows(wh, query, cluster=None):
@@ -142,15 +148,52 @@ def same(a, b, tol=1e-9):
 
 
 def test_loading_through_the_cluster_runs_tasks_on_every_executor(both):
-    *_, loaded_by = both
-    assert all(n > 0 for n in loaded_by), f"tasks per executor while loading: {loaded_by}"
+    *_, work = both
+    assert all(n > 0 for n in work["load"]), f"tasks per executor while loading: {work['load']}"
+
+
+def test_recommendations_are_scored_on_every_executor(both):
+    """Pipeline B's top_k_nearest runs on the executors, its users spread over both."""
+    *_, work = both
+    assert all(n > 0 for n in work["b_recommendations.sql"]), f"partitions scored per executor: {work}"
+
+
+def test_top_k_nearest_scores_each_task_s_users_against_every_item(both):
+    """Users in two files and items in three: several partitions on each side, so a task that
+    saw only its slice of the items would return a different top k than the single node."""
+    single, clustered, url, roles, _ = both
+    vector = "make_array(sin(value * {a}), cos(value * {b}), {c})"
+    setup = (
+        f"CREATE OR REPLACE TABLE tk_users AS SELECT value AS id, {vector.format(a=1, b=1, c=1.0)} AS v, "
+        "make_array(value % 97) AS seen FROM generate_series(1, 300); "
+        f"INSERT INTO tk_users SELECT value, {vector.format(a=0.5, b=2, c=0.3)}, make_array(value % 89) "
+        "FROM generate_series(301, 600); "
+        f"CREATE OR REPLACE TABLE tk_items AS SELECT value AS id, {vector.format(a=0.7, b=1.3, c=0.2)} AS v "
+        "FROM generate_series(1, 400); "
+        f"INSERT INTO tk_items SELECT value, {vector.format(a=0.3, b=1, c=0.9)} FROM generate_series(401, 800); "
+        f"INSERT INTO tk_items SELECT value, {vector.format(a=2, b=0.1, c=-0.4)} FROM generate_series(801, 1200)"
+    )
+    sql(single, "-e", setup)
+    sql(clustered, "-e", setup)
+    q = ("SELECT user_id, rank, item_id, score FROM top_k_nearest("
+         "'SELECT id, v, seen FROM tk_users', 'SELECT id, v FROM tk_items', 5) ORDER BY user_id, rank")
+    before = [scored(r) for r in roles[1:]]
+    ours, theirs = rows(clustered, q, cluster=url), rows(single, q)
+    assert len(theirs) == 1 + 600 * 5
+    same(ours, theirs)
+    ran = [scored(r) - b for r, b in zip(roles[1:], before)]
+    assert all(n > 0 for n in ran), f"partitions scored per executor: {ran}"
 
 
 @pytest.mark.parametrize("table", list(OUTPUTS))
 def test_pipelines_on_the_cluster_write_what_a_single_node_writes(both, table):
     single, clustered, *_ = both
     query = f"SELECT * FROM {table} ORDER BY {OUTPUTS[table]}"
-    ours, theirs = rows(clustered, query), rows(single, query)
+    same_output(table, rows(clustered, query), rows(single, query))
+
+
+def same_output(table, ours, theirs):
+    """A pipeline's output table equal on two warehouses (see the module's tolerances)."""
     assert len(ours) > 1
     if table == "music.recommendations":
         # A user's near-tied songs may swap ranks: taste vectors are f64 sums whose order
@@ -191,6 +234,13 @@ def test_queries_over_flight_sql_answer_as_without_the_cluster(both):
             jobs = dict(cur.fetchall())
             cur.close()
             conn.close()
+            with urllib.request.urlopen(f"{s.http}/metrics", timeout=10) as resp:
+                metrics = resp.read().decode()
+            if extra:  # the scheduler's executors, asked at the scrape
+                assert "streampulse_cluster_scheduler_up 1" in metrics, metrics
+                assert "streampulse_cluster_executors 2" in metrics, metrics
+            else:
+                assert "streampulse_cluster_" not in metrics
             # each query was one job on the cluster, and none on the single node
             assert [jobs[q] for q in queries] == ([1] * len(queries) if extra else [0] * len(queries)), jobs
         finally:
@@ -229,6 +279,9 @@ def test_a_cluster_that_is_not_there_is_a_clear_error(both, tmp_path):
         assert cur.fetchall() == [(42,)]
         cur.close()
         conn.close()
+        with urllib.request.urlopen(f"{s.http}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert "streampulse_cluster_scheduler_up 0" in metrics and "streampulse_cluster_executors 0" in metrics
     finally:
         s.stop()
 
@@ -262,9 +315,11 @@ def test_an_executor_under_a_small_memory_limit_spills_instead_of_dying(both, tm
             r.stop()
 
 
-def test_a_warehouse_on_s3_on_the_cluster(s3, tmp_path):
+def test_a_warehouse_on_s3_on_the_cluster(both, s3, tmp_path):
     """Managed and Hive-partitioned external tables on S3 (moto): every role reaches the bucket
-    with its own settings; answers equal a single node's."""
+    with its own settings; answers equal a single node's. Then the generated data is loaded
+    into that warehouse through the cluster and pipelines A, B, D and E run there: their
+    outputs equal the single node's on local disk (the same data, from the same seed)."""
     endpoint, client = s3
     for month, body in ((1, b"id,name\n1,a\n2,b\n"), (2, b"id,name\n3,c\n")):
         client.put_object(Bucket=BUCKET, Key=f"cluster-landing/year=2026/month={month}/part.csv", Body=body)
@@ -299,17 +354,85 @@ def test_a_warehouse_on_s3_on_the_cluster(s3, tmp_path):
             single = run_cli("sql", "--warehouse", wh, "--format", "csv", "-e", q, env=env).stdout
             assert cluster == single and len(cluster.splitlines()) > 2, (q, cluster, single)
         assert all(tasks_run(r) > 0 for r in roles[1:]), "an executor ran nothing"
+
+        local_single = both[0]
+        on_s3 = ["--warehouse", wh, "--cluster", f"df://127.0.0.1:{port}"]
+        data = local_single.parent / "data"  # what the `both` fixture generated
+        run_cli("sql", *on_s3, "-f", str(ROOT / "sql" / "load_generated.sql"), "--param", f"data={data}",
+                "--param", "format=csv", env=env, timeout=600)
+        for script, params in RUNS:
+            run_cli("sql", *on_s3, "-f", str(PIPELINES / script), *[a for p in params for a in ("--param", p)],
+                    env=env, timeout=600)
+        for table, order in OUTPUTS.items():
+            query = f"SELECT * FROM {table} ORDER BY {order}"
+            out = run_cli("sql", *on_s3, "--format", "csv", "-e", query, env=env).stdout
+            same_output(table, [line.split(",") for line in out.strip().splitlines()], rows(local_single, query))
     finally:
         for r in reversed(roles):
             r.stop()
 
 
+HEAVY = ("SELECT count(*), sum(a.ms_played + b.ms_played) FROM music.plays a "
+         "JOIN music.plays b ON a.song_id = b.song_id AND a.user_id <> b.user_id "
+         "WHERE a.play_date <= DATE '2026-10-06'")
+
+
+def test_a_cancelled_statement_cancels_its_job_on_the_cluster(both):
+    """CancelFlightInfo on a statement the executors are computing: the server asks the
+    scheduler to cancel the job, the client sees CANCELLED, and the next query works."""
+    import pyarrow.flight as flight
+
+    import flightsql_proto as proto
+    from conftest import ADMIN_PASSWORD
+
+    single, clustered, url, roles, _ = both
+    s = Server(str(clustered), extra_args=["--no-scheduler", "--no-pipes", "--cluster", url],
+               log_path=str(clustered.parent / "cancel-server.log")).start()
+    c = flight.FlightClient(s.uri)
+    try:
+        options = flight.FlightCallOptions(headers=[c.authenticate_basic_token("admin", ADMIN_PASSWORD)])
+        cancels_before = roles[0].log().count("Received cancellation request for job")
+        before = sum(tasks_run(r) for r in roles[1:])
+        info = c.get_flight_info(flight.FlightDescriptor.for_command(proto.statement_query(HEAVY)), options)
+        import threading
+
+        cancelled = {}
+
+        def cancel_once_running():
+            deadline = time.time() + 60
+            while sum(tasks_run(r) for r in roles[1:]) == before and time.time() < deadline:
+                time.sleep(0.05)
+            action = flight.Action("CancelFlightInfo", proto.cancel_flight_info_request(info.serialize()))
+            cancelled["status"] = proto.parse_cancel_status(list(c.do_action(action, options))[0].body.to_pybytes())
+
+        t = threading.Thread(target=cancel_once_running)
+        t.start()
+        # chunk by chunk: pyarrow's read_all turns a cancelled stream into a KeyboardInterrupt
+        reader = c.do_get(info.endpoints[0].ticket, options)
+        with pytest.raises(flight.FlightCancelledError):
+            while True:
+                reader.read_chunk()
+        t.join(60)
+        assert cancelled.get("status") == 1, cancelled  # CANCELLED
+        deadline = time.time() + 30
+        while roles[0].log().count("Received cancellation request for job") == cancels_before:
+            assert time.time() < deadline, "the scheduler was not asked to cancel the job"
+            time.sleep(0.2)
+        conn = adbc_connect(s.uri)
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) FROM music.plays")
+        assert cur.fetchall()[0][0] > 0
+        cur.close()
+        conn.close()
+    finally:
+        c.close()
+        s.stop()
+
+
 def test_an_executor_killed_mid_query_fails_or_retries_and_the_next_query_works(both):
     """Last in this file: it leaves the cluster with one executor."""
     single, clustered, url, roles, _ = both
-    heavy = ("SELECT count(*), sum(a.ms_played + b.ms_played) FROM music.plays a "
-             "JOIN music.plays b ON a.song_id = b.song_id AND a.user_id <> b.user_id "
-             "WHERE a.play_date <= DATE '2026-10-06'")
+    heavy = HEAVY
     s = Server(str(clustered), extra_args=["--no-scheduler", "--no-pipes", "--cluster", url],
                log_path=str(clustered.parent / "kill-server.log")).start()
     try:

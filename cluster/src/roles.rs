@@ -28,7 +28,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use streampulse_engine::{Error, Result};
 use tracing::info;
 
-use crate::codec::ClusterCodec;
+use crate::codec::{ClusterCodec, ClusterPhysicalCodec};
 
 /// Largest gRPC message between the roles: plans carry every file of the tables they read.
 const MAX_MESSAGE: u32 = 128 << 20;
@@ -116,6 +116,7 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<()> {
         override_config_producer: Some(Arc::new(config_producer)),
         override_session_builder: Some(Arc::new(move |config| session_state(config, runtime.clone()))),
         override_logical_codec: Some(Arc::new(ClusterCodec::default())),
+        override_physical_codec: Some(Arc::new(ClusterPhysicalCodec::default())),
         // Ballista's defaults (180 s, checked every 15 s) suit large clusters; a dead executor's
         // tasks should not wait minutes here. With no executor left, jobs fail after as long.
         executor_timeout_seconds: options.executor_timeout.as_secs().max(2),
@@ -169,6 +170,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         override_runtime_producer: Some(runtime),
         override_config_producer: Some(Arc::new(config_producer)),
         override_logical_codec: Some(Arc::new(ClusterCodec::default())),
+        override_physical_codec: Some(Arc::new(ClusterPhysicalCodec::default())),
         executor_heartbeat_interval_seconds: options.heartbeat_interval.as_secs().max(1),
         ..Default::default()
     };

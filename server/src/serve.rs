@@ -40,7 +40,7 @@ pub async fn run(warehouse: &WarehouseArgs, args: ServerArgs) -> Result<(), CliE
             crate::config::size::format_bytes(max_message)
         )));
     }
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(warehouse.cluster.is_some());
     let http = Arc::new(HttpState { metrics: metrics.clone(), engine: OnceLock::new() });
     let stop_http = CancellationToken::new();
     let _stop_http_on_return = stop_http.clone().drop_guard();

@@ -79,6 +79,9 @@ pub trait ClusterHook: std::fmt::Debug + Send + Sync {
     ) -> Vec<Arc<dyn OptimizerRule + Send + Sync>>;
     /// The planner of every query's physical plan.
     fn query_planner(&self) -> Arc<dyn QueryPlanner + Send + Sync>;
+    /// How many executors the cluster has alive, as its scheduler says (for `/metrics`); an
+    /// error when the scheduler cannot be asked.
+    fn executors(&self) -> futures::future::BoxFuture<'_, Result<usize>>;
 }
 
 impl EngineConfig {
@@ -112,6 +115,7 @@ pub struct Engine {
     query_log: Arc<QueryLog>,
     tasks: Arc<Tasks>,
     ingest: Arc<Ingest>,
+    cluster: Option<Arc<dyn ClusterHook>>,
 }
 
 /// Batch size and sort merge reservation for a per-query cap. A plan registers dozens of
@@ -244,7 +248,13 @@ impl Engine {
             query_log,
             tasks,
             ingest,
+            cluster: config.cluster.clone(),
         })
+    }
+
+    /// The cluster queries' reads run on, if the engine has one.
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterHook>> {
+        self.cluster.as_ref()
     }
 
     /// A fresh session over the shared catalog and functions, with its own [`QueryPool`]: what

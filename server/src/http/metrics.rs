@@ -86,10 +86,18 @@ pub struct Metrics {
     load_lag: Family<PipeLabels, Histogram, fn() -> Histogram>,
     pipe_backlog_files: Family<PipeLabels, Gauge>,
     pipe_backlog_bytes: Family<PipeLabels, Gauge>,
+    cluster: Option<ClusterGauges>,
+}
+
+/// A server with `--cluster`: what its scheduler says, asked at each scrape.
+struct ClusterGauges {
+    scheduler_up: Gauge,
+    executors: Gauge,
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Self> {
+    /// The metrics of a server; `cluster`: it runs queries on a cluster.
+    pub fn new(cluster: bool) -> Arc<Self> {
         let mut registry = Registry::with_prefix("streampulse");
         let statements = Family::<StatementLabels, Counter>::default();
         registry.register("queries", "Statements finished, by kind and status", statements.clone());
@@ -181,6 +189,20 @@ impl Metrics {
         );
         let pipe_backlog_bytes = Family::<PipeLabels, Gauge>::default();
         registry.register("pipe_backlog_bytes", "Bytes of those files", pipe_backlog_bytes.clone());
+        let cluster = cluster.then(|| {
+            let gauges = ClusterGauges { scheduler_up: Gauge::default(), executors: Gauge::default() };
+            registry.register(
+                "cluster_scheduler_up",
+                "1 when the cluster's scheduler answered this scrape",
+                gauges.scheduler_up.clone(),
+            );
+            registry.register(
+                "cluster_executors",
+                "Executors the cluster's scheduler has alive (0 when it did not answer)",
+                gauges.executors.clone(),
+            );
+            gauges
+        });
         registry.register(
             "build",
             "The server's version",
@@ -212,6 +234,7 @@ impl Metrics {
             load_lag,
             pipe_backlog_files,
             pipe_backlog_bytes,
+            cluster,
         })
     }
 
@@ -260,7 +283,19 @@ impl Metrics {
     }
 
     /// The exposition text, with the gauges read from `engine` now (`None` before it is open).
-    pub fn render(&self, engine: Option<&Engine>) -> String {
+    /// `executors`: what the cluster's scheduler said, if the server has a cluster.
+    pub fn render(&self, engine: Option<&Engine>, executors: Option<streampulse_engine::Result<usize>>) -> String {
+        if let (Some(gauges), Some(executors)) = (&self.cluster, executors) {
+            let (up, n) = match executors {
+                Ok(n) => (1, n as i64),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the cluster's scheduler did not answer a metrics scrape");
+                    (0, 0)
+                }
+            };
+            gauges.scheduler_up.set(up);
+            gauges.executors.set(n);
+        }
         if let Some(engine) = engine {
             let log = engine.query_log();
             self.running.set(log.count(QueryState::Running) as i64);

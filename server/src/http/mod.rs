@@ -51,7 +51,12 @@ pub async fn start(
 }
 
 async fn metrics_handler(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    let body = state.metrics.render(state.engine.get());
+    let engine = state.engine.get();
+    let executors = match engine.and_then(Engine::cluster) {
+        Some(cluster) => Some(cluster.executors().await),
+        None => None,
+    };
+    let body = state.metrics.render(engine, executors);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
 }
 

@@ -44,8 +44,8 @@ use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Documentation, Expr, TableType};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::logical_expr::{Documentation, Expr, LogicalPlan, TableType};
+use datafusion::physical_expr::{Distribution, EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -76,6 +76,17 @@ pub enum Metric {
     Cosine,
     /// Plain dot product.
     InnerProduct,
+}
+
+impl Metric {
+    /// The metric named `name` as the function's fourth argument spells it.
+    pub fn from_name(name: &str) -> Option<Metric> {
+        match name.to_ascii_lowercase().as_str() {
+            "cosine" => Some(Metric::Cosine),
+            "inner_product" | "dot" => Some(Metric::InnerProduct),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Metric {
@@ -180,11 +191,13 @@ impl TableFunctionImpl for TopKNearestFunction {
         }
         let metric = match exprs.get(3) {
             None => Metric::Cosine,
-            Some(_) => match string_arg(exprs, 3, "metric")?.to_ascii_lowercase().as_str() {
-                "cosine" => Metric::Cosine,
-                "inner_product" | "dot" => Metric::InnerProduct,
-                other => return plan_err!("{NAME}: unknown metric '{other}'; use 'cosine' or 'inner_product'"),
-            },
+            Some(_) => {
+                let name = string_arg(exprs, 3, "metric")?;
+                match Metric::from_name(&name) {
+                    Some(metric) => metric,
+                    None => return plan_err!("{NAME}: unknown metric '{name}'; use 'cosine' or 'inner_product'"),
+                }
+            }
         };
         Ok(Arc::new(TopKNearestTable { users_sql, items_sql, k: k as usize, metric }))
     }
@@ -199,14 +212,27 @@ pub struct TopKNearestTable {
     metric: Metric,
 }
 
-async fn plan_query(session: &SessionState, sql: &str, what: &str) -> Result<Arc<dyn ExecutionPlan>> {
+impl TopKNearestTable {
+    /// The two queries planned in `session` (read-only), ready to be sent elsewhere whole: a
+    /// cluster's scheduler has no catalog to plan the SQL against, but can run these plans.
+    pub async fn plan(&self, session: &SessionState) -> Result<TopKNearestPlanned> {
+        Ok(TopKNearestPlanned {
+            users: plan_query(session, &self.users_sql, "users").await?,
+            items: plan_query(session, &self.items_sql, "items").await?,
+            k: self.k,
+            metric: self.metric,
+        })
+    }
+}
+
+async fn plan_query(session: &SessionState, sql: &str, what: &str) -> Result<LogicalPlan> {
     let ctx = SessionContext::new_with_state(session.clone());
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let df = ctx
         .sql_with_options(sql, options)
         .await
         .map_err(|e| DataFusionError::Plan(format!("{NAME}: {what} query: {e}")))?;
-    df.create_physical_plan().await
+    df.into_optimized_plan()
 }
 
 fn check_vector_type(what: &str, column: &Field) -> Result<()> {
@@ -233,8 +259,77 @@ fn check_id_type(what: &str, column: &Field) -> Result<()> {
     }
 }
 
+/// The columns `users` and `items` must have (see the function's documentation).
+fn check_inputs(users: &Schema, items: &Schema) -> Result<()> {
+    if !(2..=3).contains(&users.fields().len()) {
+        return plan_err!(
+            "{NAME}: the users query must return (id, vector) or (id, vector, excluded ids), got {} columns",
+            users.fields().len()
+        );
+    }
+    if items.fields().len() != 2 {
+        return plan_err!("{NAME}: the items query must return (id, vector), got {} columns", items.fields().len());
+    }
+    check_id_type("users", users.field(0))?;
+    check_vector_type("users", users.field(1))?;
+    check_id_type("items", items.field(0))?;
+    check_vector_type("items", items.field(1))?;
+    if let Some(excluded) = users.fields().get(2) {
+        match excluded.data_type() {
+            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _)
+                if f.data_type().is_integer() => {}
+            other => {
+                return plan_err!(
+                    "{NAME}: the users query's third column ({}) must be a list of item ids, got {other}",
+                    excluded.name()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl TableProvider for TopKNearestTable {
+    fn schema(&self) -> SchemaRef {
+        output_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
+            return plan_err!("{NAME} needs a DataFusion SessionState to plan its queries");
+        };
+        self.plan(session).await?.scan(state, projection, filters, limit).await
+    }
+}
+
+/// `top_k_nearest` with its two queries already planned ([`TopKNearestTable::plan`]): what a
+/// cluster's scheduler receives. Its scan turns the plans into the two children of a
+/// [`TopKNearestExec`] in whatever session scans it.
+#[derive(Debug)]
+pub struct TopKNearestPlanned {
+    /// Gives (id, vector [, excluded ids]) per user.
+    pub users: LogicalPlan,
+    /// Gives (id, vector) per item.
+    pub items: LogicalPlan,
+    /// Items per user.
+    pub k: usize,
+    /// How users and items are compared.
+    pub metric: Metric,
+}
+
+#[async_trait]
+impl TableProvider for TopKNearestPlanned {
     fn schema(&self) -> SchemaRef {
         output_schema()
     }
@@ -250,38 +345,9 @@ impl TableProvider for TopKNearestTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
-            return plan_err!("{NAME} needs a DataFusion SessionState to plan its queries");
-        };
-        let users = plan_query(session, &self.users_sql, "users").await?;
-        let items = plan_query(session, &self.items_sql, "items").await?;
-        let (us, is) = (users.schema(), items.schema());
-        if !(2..=3).contains(&us.fields().len()) {
-            return plan_err!(
-                "{NAME}: the users query must return (id, vector) or (id, vector, excluded ids), got {} columns",
-                us.fields().len()
-            );
-        }
-        if is.fields().len() != 2 {
-            return plan_err!("{NAME}: the items query must return (id, vector), got {} columns", is.fields().len());
-        }
-        check_id_type("users", us.field(0))?;
-        check_vector_type("users", us.field(1))?;
-        check_id_type("items", is.field(0))?;
-        check_vector_type("items", is.field(1))?;
-        if let Some(excluded) = us.fields().get(2) {
-            match excluded.data_type() {
-                DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _)
-                    if f.data_type().is_integer() => {}
-                other => {
-                    return plan_err!(
-                        "{NAME}: the users query's third column ({}) must be a list of item ids, got {other}",
-                        excluded.name()
-                    );
-                }
-            }
-        }
-        Ok(Arc::new(TopKNearestExec::new(users, items, self.k, self.metric, projection.cloned())))
+        let users = state.create_physical_plan(&self.users).await?;
+        let items = state.create_physical_plan(&self.items).await?;
+        Ok(Arc::new(TopKNearestExec::try_new(users, items, self.k, self.metric, projection.cloned())?))
     }
 }
 
@@ -360,6 +426,42 @@ pub struct TopKNearestExec {
 }
 
 impl TopKNearestExec {
+    /// Scores `users` against `items` (their columns checked), keeping `k` per user; the
+    /// output columns are `projection` of [`output_schema`].
+    pub fn try_new(
+        users: Arc<dyn ExecutionPlan>,
+        items: Arc<dyn ExecutionPlan>,
+        k: usize,
+        metric: Metric,
+        projection: Option<Vec<usize>>,
+    ) -> Result<Self> {
+        check_inputs(&users.schema(), &items.schema())?;
+        if !(1..=MAX_K as usize).contains(&k) {
+            return plan_err!("{NAME}: k must be between 1 and {MAX_K}, got {k}");
+        }
+        if let Some(p) = &projection
+            && let Some(bad) = p.iter().find(|&&i| i >= output_schema().fields().len())
+        {
+            return plan_err!("{NAME}: no output column {bad}");
+        }
+        Ok(Self::new(users, items, k, metric, projection))
+    }
+
+    /// Items kept per user.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// How users and items are compared.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// The output columns, as indices of [`output_schema`] (`None`: all).
+    pub fn projection(&self) -> Option<&[usize]> {
+        self.projection.as_deref()
+    }
+
     fn new(
         users: Arc<dyn ExecutionPlan>,
         items: Arc<dyn ExecutionPlan>,
@@ -415,6 +517,18 @@ impl ExecutionPlan for TopKNearestExec {
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.users, &self.items]
+    }
+
+    /// Users stream by partition; every partition scores against all the items. Saying so
+    /// matters on a cluster: Ballista gives each task only its share of a child's partitions
+    /// unless the child must be one partition, so without it each task would score its users
+    /// against a slice of the items and return a wrong top k.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::UnspecifiedDistribution, Distribution::SinglePartition]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![true, false]
     }
 
     fn apply_expressions(
