@@ -372,6 +372,16 @@ def test_a_warehouse_on_s3_on_the_cluster(both, s3, tmp_path):
             r.stop()
 
 
+def assert_answers(server):
+    """The next query over Flight SQL works."""
+    conn = adbc_connect(server.uri)
+    cur = conn.cursor()
+    cur.execute("SELECT count(*) FROM music.plays")
+    assert cur.fetchall()[0][0] > 0
+    cur.close()
+    conn.close()
+
+
 HEAVY = ("SELECT count(*), sum(a.ms_played + b.ms_played) FROM music.plays a "
          "JOIN music.plays b ON a.song_id = b.song_id AND a.user_id <> b.user_id "
          "WHERE a.play_date <= DATE '2026-10-06'")
@@ -418,12 +428,7 @@ def test_a_cancelled_statement_cancels_its_job_on_the_cluster(both):
         while roles[0].log().count("Received cancellation request for job") == cancels_before:
             assert time.time() < deadline, "the scheduler was not asked to cancel the job"
             time.sleep(0.2)
-        conn = adbc_connect(s.uri)
-        cur = conn.cursor()
-        cur.execute("SELECT count(*) FROM music.plays")
-        assert cur.fetchall()[0][0] > 0
-        cur.close()
-        conn.close()
+        assert_answers(s)
     finally:
         c.close()
         s.stop()
@@ -469,12 +474,7 @@ def test_an_executor_killed_mid_query_fails_or_retries_and_the_next_query_works(
             expected = rows(single, heavy)[1:]
             assert [list(map(str, outcome["rows"][0]))] == expected
         assert s.proc.poll() is None, "the server died with the executor"
-        conn = adbc_connect(s.uri)
-        cur = conn.cursor()
-        cur.execute("SELECT count(*) FROM music.plays")
-        assert cur.fetchall()[0][0] > 0
-        cur.close()
-        conn.close()
+        assert_answers(s)
         print(f"killed mid-query: {outcome}")
     finally:
         s.stop()
