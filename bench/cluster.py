@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -53,6 +54,12 @@ def peak_rss_mib(pid):
 
 def tasks(log):
     return Path(log).read_text(errors="replace").count("Execute task")
+
+
+def pairs_scored(log):
+    """User-item pairs top_k_nearest multiplied in this log (its `partition done` lines)."""
+    text = Path(log).read_text(errors="replace")
+    return sum(int(n) for n in re.findall(r"top_k_nearest partition done.*?pairs_scored=(\d+)", text))
 
 
 def main():
@@ -105,14 +112,16 @@ def main():
         for p in args.pipelines.split(","):
             script = script_for(p, days, month)
             secs, rss, _, _ = measure(our_command(args, script, args.memory_limit))
-            before = [tasks(log) for log in executor_logs]
+            before = [(tasks(log), pairs_scored(log)) for log in executor_logs]
             cmd = our_command(args, script, args.memory_limit) + ["--cluster", f"df://127.0.0.1:{port}"]
             csecs, crss, _, _ = measure(cmd)
-            split = [tasks(log) - b for log, b in zip(executor_logs, before)]
+            split = [tasks(log) - b for log, (b, _) in zip(executor_logs, before)]
+            scored = [pairs_scored(log) - b for log, (_, b) in zip(executor_logs, before)]
             rows.append({"pipeline": p, "single_s": secs, "single_rss": rss, "cluster_s": csecs,
-                         "coordinator_rss": crss, "tasks": split})
+                         "coordinator_rss": crss, "tasks": split, "pairs_scored": scored})
             print(f"{p}: single {secs:.1f} s ({rss:.0f} MiB); cluster {csecs:.1f} s "
-                  f"(coordinator {crss:.0f} MiB), tasks per executor {split}", file=sys.stderr)
+                  f"(coordinator {crss:.0f} MiB), tasks per executor {split}, pairs scored {scored}",
+                  file=sys.stderr)
         executor_rss = [peak_rss_mib(p.pid) for p in procs[1:]]
         scheduler_rss = peak_rss_mib(procs[0].pid)
     finally:
@@ -128,11 +137,12 @@ def main():
           f"{platform.node()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; 1 scheduler + "
           f"{args.executors} executors (--vcores 1, --memory-limit {args.memory_limit}) on this machine\n")
     print("| pipeline | single node s | cluster s | cluster / single | tasks per executor | "
-          "peak RSS MiB single | peak RSS MiB coordinator |")
-    print("|---|---:|---:|---:|---|---:|---:|")
+          "top_k_nearest pairs scored per executor | peak RSS MiB single | peak RSS MiB coordinator |")
+    print("|---|---:|---:|---:|---|---|---:|---:|")
     for r in rows:
+        scored = " / ".join(f"{n:,}" for n in r["pairs_scored"]) if any(r["pairs_scored"]) else "-"
         print(f"| {r['pipeline']} | {r['single_s']:.1f} | {r['cluster_s']:.1f} | {r['cluster_s'] / r['single_s']:.2f}x | "
-              f"{' / '.join(map(str, r['tasks']))} | {r['single_rss']:.0f} | {r['coordinator_rss']:.0f} |")
+              f"{' / '.join(map(str, r['tasks']))} | {scored} | {r['single_rss']:.0f} | {r['coordinator_rss']:.0f} |")
     print(f"\nPeak RSS over the run: scheduler {scheduler_rss:.0f} MiB, executors "
           f"{' / '.join(f'{x:.0f}' for x in executor_rss)} MiB. Logs: {logs}")
     if args.json:
