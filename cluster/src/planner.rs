@@ -179,6 +179,8 @@ struct JobStream {
 /// Longest wait, after its statement ended, for the scheduler to name a job so it can be
 /// cancelled (the name comes with the job's first status).
 const JOB_ID_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often, meanwhile, to look whether it has.
+const JOB_ID_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl futures::Stream for JobStream {
     type Item = Result<datafusion::arrow::record_batch::RecordBatch>;
@@ -210,7 +212,8 @@ impl Drop for JobStream {
         let job_id = move || job.downcast_ref::<DistributedQueryExec<LogicalPlanNode>>().and_then(|j| j.job_id());
         runtime.spawn(async move {
             // Until the scheduler has named the job, Ballista's stream is what hears the name:
-            // keep reading it (and dropping what it says) for that long.
+            // keep driving it (dropping what it yields), looking for the name between polls,
+            // since the stream itself yields nothing before the job's end.
             let deadline = tokio::time::Instant::now() + JOB_ID_WAIT;
             loop {
                 if let Some(id) = job_id() {
@@ -218,10 +221,12 @@ impl Drop for JobStream {
                     cancel_job(url, id.into()).await;
                     return;
                 }
-                match tokio::time::timeout_at(deadline, inner.next()).await {
+                match tokio::time::timeout(JOB_ID_POLL, inner.next()).await {
                     Ok(Some(_)) => {}
-                    // the job ended, or it never got a name: nothing to cancel
-                    Ok(None) | Err(_) => return,
+                    // the job ended: nothing to cancel
+                    Ok(None) => return,
+                    Err(_) if tokio::time::Instant::now() >= deadline => return,
+                    Err(_) => {}
                 }
             }
         });
