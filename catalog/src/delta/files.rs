@@ -11,7 +11,7 @@
 //! Only tables whose files are plain Parquet qualify: a protocol with reader features that
 //! change how files are read (deletion vectors, column mapping, ...) is read by deltalake's
 //! provider, as are files outside the table's store. The file list also travels to a cluster
-//! as bytes ([`ManagedTable::file_list`], [`FileListTable`]). Writes always go to deltalake's provider (one Delta commit per statement).
+//! as bytes ([`ManagedTable::file_list`], [`FileListTable`]). `INSERT INTO` and `CREATE TABLE AS` write through [`ManagedSink`] (deltalake's writer with the warehouse's Parquet settings, one Delta commit per statement).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::dml::InsertOp;
@@ -39,19 +40,25 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion_proto::protobuf;
 use deltalake::DeltaTable;
+use deltalake::kernel::EagerSnapshot;
+use deltalake::logstore::LogStoreRef;
+use deltalake::protocol::SaveMode;
 use object_store::ObjectMeta;
 use object_store::path::Path;
 use tracing::debug;
 use url::Url;
 
+use super::sink::ManagedSink;
 use crate::error::{Error, Result};
 
 /// A managed table at one Delta version: plain Parquet scans where the table allows them,
-/// deltalake's provider otherwise, and deltalake's provider for every write.
+/// deltalake's provider otherwise; writes through [`ManagedSink`] where scans are plain.
 #[derive(Debug)]
 pub struct ManagedTable {
     delta: Arc<dyn TableProvider>,
     files: Option<Arc<TableFiles>>,
+    /// Where and at which version [`ManagedSink`] writes, for plain tables.
+    writes: Option<(LogStoreRef, EagerSnapshot)>,
 }
 
 impl ManagedTable {
@@ -65,7 +72,11 @@ impl ManagedTable {
                 None
             }
         };
-        Ok(Self { delta, files })
+        let writes = match files {
+            Some(_) => Some((table.log_store(), table.snapshot()?.snapshot().clone())),
+            None => None,
+        };
+        Ok(Self { delta, files, writes })
     }
 
     /// Whether scans are plain Parquet scans (false: deltalake's provider reads the table).
@@ -181,7 +192,12 @@ impl TableProvider for ManagedTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.delta.insert_into(state, input, insert_op).await
+        let (Some((log_store, snapshot)), InsertOp::Append | InsertOp::Overwrite) = (&self.writes, insert_op) else {
+            return self.delta.insert_into(state, input, insert_op).await;
+        };
+        let mode = if insert_op == InsertOp::Append { SaveMode::Append } else { SaveMode::Overwrite };
+        let sink = ManagedSink::new(Arc::clone(log_store), snapshot.clone(), mode);
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 }
 

@@ -61,7 +61,10 @@ pub async fn create_table(
             Source::Plan(plan, session) => {
                 // Planned as a whole INSERT, exactly like `INSERT INTO`, so the optimizer
                 // gathers every input partition into Delta's sink (which commits once).
-                let provider = delta.table_provider().await?;
+                // Through the managed table's own sink, so the files get the warehouse's
+                // Parquet settings.
+                let provider: Arc<dyn datafusion::datasource::TableProvider> =
+                    Arc::new(super::ManagedTable::new(&delta, delta.table_provider().await?)?);
                 let dml = DmlStatement::new(
                     TableReference::partial(schema, table),
                     provider_as_source(provider),

@@ -95,8 +95,10 @@ impl Engine {
             // Into the existing table (append, create_append), matching its columns by position.
             Some((table_delta, columns)) => {
                 if rows > 0 {
+                    let props = delta::table_writer_properties(&table_delta)?;
                     table_delta
                         .write(Vec::<RecordBatch>::new())
+                        .with_writer_properties(props)
                         .with_input_plan(delta::cast_plan_to(staged.scan(session.ctx(), &nullable).await?, &columns)?)
                         .with_session_state(delta::delta_session(session))
                         .with_save_mode(SaveMode::Append)

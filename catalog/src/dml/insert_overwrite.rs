@@ -81,8 +81,10 @@ impl Engine {
             .collect::<Option<Vec<_>>>()
             .and_then(|conjunctions| conjunctions.into_iter().reduce(Expr::or))
             .ok_or_else(|| Error::internal("INSERT OVERWRITE staged rows but found no partition values"))?;
+        let props = delta::table_writer_properties(&table_delta)?;
         table_delta
             .write(Vec::<arrow::record_batch::RecordBatch>::new())
+            .with_writer_properties(props)
             .with_input_plan(staged.scan(session.ctx(), &columns).await?)
             .with_session_state(delta::delta_session(session))
             .with_save_mode(SaveMode::Overwrite)

@@ -66,8 +66,10 @@ impl Engine {
         let target_columns: Vec<String> =
             table_delta.snapshot()?.schema().fields().map(|f| f.name().to_string()).collect();
         let source = DataFrame::new(session.ctx().state(), source_plan);
+        let props = delta::table_writer_properties(&table_delta)?;
         let mut builder = table_delta
             .merge(source, on)
+            .with_writer_properties(props)
             .with_target_alias(TARGET)
             .with_source_alias(SOURCE)
             .with_session_state(delta::delta_session(session));

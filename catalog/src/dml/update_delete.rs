@@ -28,14 +28,16 @@ impl Engine {
         let (assignments, predicate) = decompose_dml_input(&dml.input, verb)?;
         let table_delta = delta::open_table(self.warehouse(), &location).await?;
         let rows = if dml.op == WriteOp::Delete {
-            let mut builder = table_delta.delete();
+            let props = delta::table_writer_properties(&table_delta)?;
+            let mut builder = table_delta.delete().with_writer_properties(props);
             if let Some(p) = predicate {
                 builder = builder.with_predicate(unqualify(p)?);
             }
             let (_, metrics) = builder.with_session_state(delta::delta_session(session)).await?;
             metrics.num_deleted_rows.unwrap_or(0) as u64
         } else {
-            let mut builder = table_delta.update();
+            let props = delta::table_writer_properties(&table_delta)?;
+            let mut builder = table_delta.update().with_writer_properties(props);
             for (column, value) in assignments {
                 builder = builder.with_update(column.as_str(), unqualify(value)?);
             }

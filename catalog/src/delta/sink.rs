@@ -1,0 +1,214 @@
+//! How a managed table's rows are written: the Parquet settings of every data file, and the
+//! sink `INSERT INTO` and `CREATE TABLE AS` write through.
+//!
+//! deltalake's own sink writes with its fixed defaults (1 M-row row groups, no bloom filters).
+//! A key lookup on a table partitioned by something else must then decode a page of every
+//! file, dictionary included (`bench/RESULTS.md`, "Key lookups"). Files written here carry a
+//! bloom filter per row group for every integer, string and binary column, so a lookup skips
+//! the row groups that cannot hold its key, and row groups of 128 Ki rows, so one file's scan
+//! can be split across cores and pruned by its row-group statistics. Everything else (file
+//! sizes, statistics, the commit) is deltalake's.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::datasource::sink::DataSink;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
+use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+use deltalake::delta_datafusion::DataFusionMixins;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, EagerSnapshot};
+use deltalake::logstore::LogStoreRef;
+use deltalake::operations::write::WriterStatsConfig;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt;
+use futures::{StreamExt, TryStreamExt};
+
+/// Rows per row group of a managed table's files (DuckDB writes 122,880).
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// The Parquet settings for a managed table's data files whose columns (partition columns left
+/// out) are `file_schema`: Snappy as deltalake writes, [`ROW_GROUP_ROWS`] rows per row group,
+/// and a bloom filter (5 % false positives, folded to the row group's distinct values) on each
+/// top-level integer, string and binary column, the types equality lookups use. Floats,
+/// timestamps, booleans and nested columns get none: their lookups are ranges, which the
+/// row-group and page statistics already answer.
+pub fn writer_properties(file_schema: &Schema) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_created_by(format!("streampulse {} (delta-rs)", env!("CARGO_PKG_VERSION")))
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    for field in file_schema.fields() {
+        if has_bloom_filter(field.data_type()) {
+            let column = ColumnPath::from(field.name().as_str());
+            builder = builder
+                .set_column_bloom_filter_enabled(column.clone(), true)
+                .set_column_bloom_filter_max_ndv(column, ROW_GROUP_ROWS as u64);
+        }
+    }
+    builder.build()
+}
+
+fn has_bloom_filter(t: &DataType) -> bool {
+    t.is_integer()
+        || matches!(
+            t,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+                | DataType::FixedSizeBinary(_)
+                | DataType::Date32
+                | DataType::Decimal128(_, _)
+        )
+}
+
+/// [`writer_properties`] for the files of `table` at its loaded version: what deltalake's
+/// write, update, delete and merge builders are given.
+pub fn table_writer_properties(table: &deltalake::DeltaTable) -> deltalake::DeltaResult<WriterProperties> {
+    let snapshot = table.snapshot()?.snapshot();
+    let partition_columns = snapshot.metadata().partition_columns().to_vec();
+    Ok(writer_properties(&file_schema(&snapshot.read_schema(), &partition_columns)))
+}
+
+/// The file schema of a table: its columns without the partition columns.
+pub fn file_schema(table_schema: &Schema, partition_columns: &[String]) -> Schema {
+    Schema::new(
+        table_schema.fields().iter().filter(|f| !partition_columns.contains(f.name())).cloned().collect::<Vec<_>>(),
+    )
+}
+
+/// A managed table's `INSERT INTO` / `CREATE TABLE AS` sink: deltalake's `DeltaDataSink`
+/// (same writer, statistics and commit) writing files with [`writer_properties`]. Only for
+/// tables without column mapping (the plain tables of `ManagedTable`).
+#[derive(Debug)]
+pub struct ManagedSink {
+    log_store: LogStoreRef,
+    snapshot: EagerSnapshot,
+    save_mode: SaveMode,
+    schema: SchemaRef,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl ManagedSink {
+    /// A sink appending to (or, with [`SaveMode::Overwrite`], replacing) the table at
+    /// `snapshot`'s version.
+    pub fn new(log_store: LogStoreRef, snapshot: EagerSnapshot, save_mode: SaveMode) -> Self {
+        Self { log_store, schema: snapshot.read_schema(), snapshot, save_mode, metrics: ExecutionPlanMetricsSet::new() }
+    }
+}
+
+impl DisplayAs for ManagedSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "ManagedSink")
+    }
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+#[async_trait]
+impl DataSink for ManagedSink {
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(&self, mut data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> DfResult<u64> {
+        let input_schema = self.snapshot.input_schema();
+        let table_schema = self.snapshot.read_schema();
+        let partition_columns = self.snapshot.metadata().partition_columns().to_vec();
+        let stats = WriterStatsConfig::from_config(self.snapshot.table_configuration());
+        let props = writer_properties(&file_schema(&table_schema, &partition_columns));
+        let target_file_size = self.snapshot.table_configuration().table_properties().target_file_size();
+        let config = WriterConfig::new(
+            table_schema,
+            partition_columns.clone(),
+            Some(props),
+            Some(target_file_size),
+            None,
+            stats.num_indexed_cols,
+            stats.stats_columns,
+        );
+        let operation_id = uuid::Uuid::new_v4();
+        let mut writer = DeltaWriter::new(self.log_store.object_store(Some(operation_id)), config);
+        let rows_metric = MetricBuilder::new(&self.metrics).counter("total_rows", 0);
+        let mut rows = 0u64;
+        let written: DfResult<()> = async {
+            while let Some(batch) = data.next().await {
+                let batch =
+                    deltalake::cast_record_batch(&batch?, Arc::clone(&input_schema), false, true).map_err(external)?;
+                rows += batch.num_rows() as u64;
+                rows_metric.add(batch.num_rows());
+                writer.write(&batch).await.map_err(external)?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            // Files already complete are orphans no commit names (VACUUM removes them).
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        let mut actions: Vec<Action> = writer.close().await.map_err(external)?.into_iter().map(Action::Add).collect();
+        if self.save_mode == SaveMode::Overwrite {
+            actions.extend(
+                self.snapshot
+                    .file_views(&self.log_store, None)
+                    .map_ok(|f| Action::Remove(f.remove_action(true)))
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(external)?,
+            );
+        }
+        let operation = DeltaOperation::Write {
+            mode: self.save_mode,
+            partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
+            predicate: None,
+        };
+        CommitBuilder::default()
+            .with_actions(actions)
+            .with_operation_id(operation_id)
+            .build(Some(&self.snapshot), Arc::clone(&self.log_store), operation)
+            .await
+            .map_err(external)?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::Field;
+
+    use super::*;
+
+    #[test]
+    fn bloom_filters_go_on_the_columns_lookups_compare_for_equality() {
+        let schema = Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("balance", DataType::Float64, true),
+            Field::new("ts", DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None), true),
+        ]);
+        let props = writer_properties(&schema);
+        let has = |c: &str| props.bloom_filter_properties(&ColumnPath::from(c)).is_some();
+        assert!(has("user_id") && has("name"));
+        assert!(!has("balance") && !has("ts"));
+        assert_eq!(props.max_row_group_row_count(), Some(ROW_GROUP_ROWS));
+        let files = file_schema(&schema, &["name".to_string()]);
+        assert_eq!(files.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), ["user_id", "balance", "ts"]);
+    }
+}
