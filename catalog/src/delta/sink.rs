@@ -1,16 +1,17 @@
 //! How a managed table's rows are written: the Parquet settings of every data file, and the
 //! sink `INSERT INTO` and `CREATE TABLE AS` write through.
 //!
-//! deltalake's own sink writes with its fixed defaults (1 M-row row groups, no bloom filters).
+//! deltalake's own sink writes with its fixed defaults (no bloom filters).
 //! A key lookup on a table partitioned by something else must then decode a page of every
 //! file, dictionary included (`bench/RESULTS.md`, "Key lookups"). Files written here carry a
 //! bloom filter per row group for every integer, string and binary column, so a lookup skips
-//! the row groups that cannot hold its key, and row groups of 128 Ki rows, so one file's scan
-//! can be split across cores and pruned by its row-group statistics. Everything else (file
-//! sizes, statistics, the commit) is deltalake's.
+//! the row groups that cannot hold its key. Everything else (row groups, file sizes,
+//! statistics, the commit) is deltalake's.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::datasource::sink::DataSink;
@@ -31,14 +32,18 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt;
 use futures::{StreamExt, TryStreamExt};
 
-/// Rows per row group of a managed table's files (DuckDB writes 122,880).
-pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Rows per row group of a managed table's files: parquet's and deltalake's default. 128 Ki
+/// (about DuckDB's 122,880) made TPC-H SF 1 10 % slower and its load 20 % slower
+/// (`bench/RESULTS.md`), so it stays.
+pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
 
 /// The Parquet settings for a managed table's data files whose columns (partition columns left
-/// out) are `file_schema`: Snappy as deltalake writes, [`ROW_GROUP_ROWS`] rows per row group,
-/// and a bloom filter (5 % false positives, folded to the row group's distinct values) on each
-/// top-level integer, string and binary column, the types equality lookups use. Floats,
-/// timestamps, booleans and nested columns get none: their lookups are ranges, which the
+/// out) are `file_schema`: Snappy and [`ROW_GROUP_ROWS`] rows per row group as deltalake
+/// writes, and a bloom filter (5 % false positives) on each top-level integer, string and
+/// binary column, the types equality lookups use. A filter is sized for
+/// [`BLOOM_FILTER_MAX_NDV`] distinct values while the row group is written and folded to the
+/// distinct values it got when it is closed. Floats, dates, decimals,
+/// timestamps, booleans and nested columns get none: they are compared by range, which the
 /// row-group and page statistics already answer.
 pub fn writer_properties(file_schema: &Schema) -> WriterProperties {
     let mut builder = WriterProperties::builder()
@@ -50,7 +55,7 @@ pub fn writer_properties(file_schema: &Schema) -> WriterProperties {
             let column = ColumnPath::from(field.name().as_str());
             builder = builder
                 .set_column_bloom_filter_enabled(column.clone(), true)
-                .set_column_bloom_filter_max_ndv(column, ROW_GROUP_ROWS as u64);
+                .set_column_bloom_filter_max_ndv(column, BLOOM_FILTER_MAX_NDV);
         }
     }
     builder.build()
@@ -67,8 +72,6 @@ fn has_bloom_filter(t: &DataType) -> bool {
                 | DataType::LargeBinary
                 | DataType::BinaryView
                 | DataType::FixedSizeBinary(_)
-                | DataType::Date32
-                | DataType::Decimal128(_, _)
         )
 }
 
@@ -113,6 +116,25 @@ impl DisplayAs for ManagedSink {
     }
 }
 
+/// Distinct values per row group a bloom filter is sized for (64 KiB at 5 %): a lookup table's
+/// row groups fit, a fact table's row groups of 1 Mi rows overflow it and get a filter that
+/// prunes little. Sized for the whole row group (1 MiB per column), the filters of a 30-day,
+/// 10-column load are 300 MiB of random writes, and the SF 1 load took 1.6x as long.
+pub const BLOOM_FILTER_MAX_NDV: u64 = 64 * 1024;
+
+/// Batches queued between the rows' producer and the encoding task.
+const WRITE_QUEUE_BATCHES: usize = 4;
+
+/// Sets its flag when dropped: a statement dropped mid-write (cancelled) tells the encoding task
+/// to abort instead of closing files.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -145,25 +167,53 @@ impl DataSink for ManagedSink {
         );
         let operation_id = uuid::Uuid::new_v4();
         let mut writer = DeltaWriter::new(self.log_store.object_store(Some(operation_id)), config);
+        // Encoding runs in a task of its own, fed through a short queue, so it overlaps with
+        // producing the rows (as deltalake's sink does); on one task, a 100 M-row load took
+        // 1.7x as long.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(WRITE_QUEUE_BATCHES);
+        let failed = Arc::new(AtomicBool::new(false));
+        let _abort_on_drop = SetOnDrop(Arc::clone(&failed));
+        let writer_failed = Arc::clone(&failed);
+        let encoder = tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                if let Err(e) = writer.write(&batch).await {
+                    let _ = writer.abort().await;
+                    return Err(external(e));
+                }
+            }
+            if writer_failed.load(Ordering::SeqCst) {
+                // The input failed or the statement was cancelled: files already complete
+                // are orphans no commit names (VACUUM removes them).
+                let _ = writer.abort().await;
+                return Ok(None);
+            }
+            writer.close().await.map(Some).map_err(external)
+        });
         let rows_metric = MetricBuilder::new(&self.metrics).counter("total_rows", 0);
         let mut rows = 0u64;
-        let written: DfResult<()> = async {
+        let produced: DfResult<()> = async {
             while let Some(batch) = data.next().await {
                 let batch =
                     deltalake::cast_record_batch(&batch?, Arc::clone(&input_schema), false, true).map_err(external)?;
                 rows += batch.num_rows() as u64;
                 rows_metric.add(batch.num_rows());
-                writer.write(&batch).await.map_err(external)?;
+                if tx.send(batch).await.is_err() {
+                    break; // the encoder failed: its error is the one returned below
+                }
             }
             Ok(())
         }
         .await;
-        if let Err(e) = written {
-            // Files already complete are orphans no commit names (VACUUM removes them).
-            let _ = writer.abort().await;
-            return Err(e);
+        if produced.is_err() {
+            failed.store(true, Ordering::SeqCst);
         }
-        let mut actions: Vec<Action> = writer.close().await.map_err(external)?.into_iter().map(Action::Add).collect();
+        drop(tx);
+        let encoded = encoder.await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        produced?;
+        let Some(adds) = encoded? else {
+            return Err(DataFusionError::Internal("the table writer stopped without an error".into()));
+        };
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         if self.save_mode == SaveMode::Overwrite {
             actions.extend(
                 self.snapshot
@@ -207,6 +257,8 @@ mod tests {
         let has = |c: &str| props.bloom_filter_properties(&ColumnPath::from(c)).is_some();
         assert!(has("user_id") && has("name"));
         assert!(!has("balance") && !has("ts"));
+        let ndv = props.bloom_filter_properties(&ColumnPath::from("user_id")).unwrap().ndv();
+        assert_eq!(ndv, BLOOM_FILTER_MAX_NDV);
         assert_eq!(props.max_row_group_row_count(), Some(ROW_GROUP_ROWS));
         let files = file_schema(&schema, &["name".to_string()]);
         assert_eq!(files.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), ["user_id", "balance", "ts"]);
