@@ -11,7 +11,9 @@
 //! Only tables whose files are plain Parquet qualify: a protocol with reader features that
 //! change how files are read (deletion vectors, column mapping, ...) is read by deltalake's
 //! provider, as are files outside the table's store. The file list also travels to a cluster
-//! as bytes ([`ManagedTable::file_list`], [`FileListTable`]). `INSERT INTO` and `CREATE TABLE AS` write through [`ManagedSink`] (deltalake's writer with the warehouse's Parquet settings, one Delta commit per statement).
+//! as bytes ([`ManagedTable::file_list`], [`FileListTable`]). `INSERT INTO` and `CREATE TABLE AS`
+//! write through [`ManagedSink`]: deltalake's writer with the warehouse's Parquet settings, one
+//! Delta commit per statement.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -21,9 +21,7 @@ use crate::error::Result;
 use crate::storage::Warehouse;
 
 pub use files::{FileListTable, ManagedTable};
-pub use sink::{
-    BLOOM_FILTER_MAX_NDV, ManagedSink, ROW_GROUP_ROWS, file_schema, table_writer_properties, writer_properties,
-};
+pub use sink::{ManagedSink, table_writer_properties};
 pub use staging::Staged;
 pub use table::{Source, count_rows, create_table, delete_location};
 pub use types::{cast_plan_to, delta_compatible_plan, delta_compatible_schema, delta_type};

@@ -35,7 +35,7 @@ use futures::{StreamExt, TryStreamExt};
 /// Rows per row group of a managed table's files: parquet's and deltalake's default. 128 Ki
 /// (about DuckDB's 122,880) made TPC-H SF 1 10 % slower and its load 20 % slower
 /// (`bench/RESULTS.md`), so it stays.
-pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
+const ROW_GROUP_ROWS: usize = 1024 * 1024;
 
 /// The Parquet settings for a managed table's data files whose columns (partition columns left
 /// out) are `file_schema`: Snappy and [`ROW_GROUP_ROWS`] rows per row group as deltalake
@@ -45,7 +45,7 @@ pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
 /// distinct values it got when it is closed. Floats, dates, decimals,
 /// timestamps, booleans and nested columns get none: they are compared by range, which the
 /// row-group and page statistics already answer.
-pub fn writer_properties(file_schema: &Schema) -> WriterProperties {
+fn writer_properties(file_schema: &Schema) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_created_by(format!("streampulse {} (delta-rs)", env!("CARGO_PKG_VERSION")))
         .set_compression(Compression::SNAPPY)
@@ -78,13 +78,17 @@ fn has_bloom_filter(t: &DataType) -> bool {
 /// [`writer_properties`] for the files of `table` at its loaded version: what deltalake's
 /// write, update, delete and merge builders are given.
 pub fn table_writer_properties(table: &deltalake::DeltaTable) -> deltalake::DeltaResult<WriterProperties> {
-    let snapshot = table.snapshot()?.snapshot();
-    let partition_columns = snapshot.metadata().partition_columns().to_vec();
-    Ok(writer_properties(&file_schema(&snapshot.read_schema(), &partition_columns)))
+    Ok(snapshot_writer_properties(table.snapshot()?.snapshot()))
+}
+
+/// [`writer_properties`] for the files of the table at `snapshot`.
+fn snapshot_writer_properties(snapshot: &EagerSnapshot) -> WriterProperties {
+    let partition_columns = snapshot.metadata().partition_columns();
+    writer_properties(&file_schema(&snapshot.read_schema(), partition_columns))
 }
 
 /// The file schema of a table: its columns without the partition columns.
-pub fn file_schema(table_schema: &Schema, partition_columns: &[String]) -> Schema {
+fn file_schema(table_schema: &Schema, partition_columns: &[String]) -> Schema {
     Schema::new(
         table_schema.fields().iter().filter(|f| !partition_columns.contains(f.name())).cloned().collect::<Vec<_>>(),
     )
@@ -120,7 +124,7 @@ impl DisplayAs for ManagedSink {
 /// row groups fit, a fact table's row groups of 1 Mi rows overflow it and get a filter that
 /// prunes little. Sized for the whole row group (1 MiB per column), the filters of a 30-day,
 /// 10-column load are 300 MiB of random writes, and the SF 1 load took 1.6x as long.
-pub const BLOOM_FILTER_MAX_NDV: u64 = 64 * 1024;
+const BLOOM_FILTER_MAX_NDV: u64 = 64 * 1024;
 
 /// Batches queued between the rows' producer and the encoding task.
 const WRITE_QUEUE_BATCHES: usize = 4;
@@ -154,7 +158,7 @@ impl DataSink for ManagedSink {
         let table_schema = self.snapshot.read_schema();
         let partition_columns = self.snapshot.metadata().partition_columns().to_vec();
         let stats = WriterStatsConfig::from_config(self.snapshot.table_configuration());
-        let props = writer_properties(&file_schema(&table_schema, &partition_columns));
+        let props = snapshot_writer_properties(&self.snapshot);
         let target_file_size = self.snapshot.table_configuration().table_properties().target_file_size();
         let config = WriterConfig::new(
             table_schema,
