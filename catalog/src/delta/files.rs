@@ -26,12 +26,11 @@ use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
 use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableProvider;
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::DataSinkExec;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::dml::InsertOp;
@@ -50,6 +49,7 @@ use object_store::path::Path;
 use tracing::debug;
 use url::Url;
 
+use super::reader::ManagedFileReaderFactory;
 use super::sink::ManagedSink;
 use crate::error::{Error, Result};
 
@@ -364,14 +364,27 @@ impl TableFiles {
             *group = FileGroup::new(std::mem::take(group).into_inner()).with_statistics(Arc::new(merged));
         }
         let statistics = Statistics::try_merge_iter(groups.iter().filter_map(|g| g.file_statistics(None)), schema)?;
-        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-        let config = FileScanConfigBuilder::new(self.store.clone(), format.file_source(self.layout.clone()))
+        // What `ParquetFormat::create_physical_plan` builds, with the managed files' reader.
+        let options = state.table_options().parquet.clone();
+        let runtime = state.runtime_env();
+        let readers = ManagedFileReaderFactory::new(
+            self.store.as_str(),
+            runtime.object_store(&self.store)?,
+            runtime.cache_manager.get_file_metadata_cache(),
+        );
+        let mut source = ParquetSource::new(self.layout.clone())
+            .with_table_parquet_options(options.clone())
+            .with_parquet_file_reader_factory(Arc::new(readers));
+        if let Some(hint) = options.global.metadata_size_hint {
+            source = source.with_metadata_size_hint(hint);
+        }
+        let config = FileScanConfigBuilder::new(self.store.clone(), Arc::new(source))
             .with_file_groups(groups)
             .with_statistics(statistics)
             .with_projection_indices(Some(projection))?
             .with_limit(limit)
             .build();
-        format.create_physical_plan(state, config).await
+        Ok(DataSourceExec::from_data_source(config))
     }
 
     /// Which files can hold rows matching all of `filters` (all of them when the filters
@@ -770,6 +783,55 @@ mod tests {
             text(&engine, "SELECT id FROM p WHERE country IS NULL").await,
             text(&engine, "SELECT 2 AS id").await
         );
+    }
+
+    /// Runs `sql` and returns its rows as text and the bytes its Parquet scans read through the
+    /// file readers (footers are read by the metadata cache, outside this count).
+    async fn rows_and_bytes_read(engine: &Engine, sql: &str) -> (String, usize) {
+        let session = engine.session();
+        let Planned::Query(plan) = engine.plan_sql(&session, sql).await.unwrap() else { panic!("{sql}: not a query") };
+        let physical = session.physical_plan(plan).await.unwrap();
+        let rows = datafusion::physical_plan::common::collect(session.execute(Arc::clone(&physical)).unwrap());
+        let rows = pretty_format_batches(&rows.await.unwrap()).unwrap().to_string();
+        let mut bytes = 0;
+        let mut stack = vec![physical];
+        while let Some(node) = stack.pop() {
+            if node.downcast_ref::<DataSourceExec>().is_some() {
+                bytes += node.metrics().and_then(|m| m.sum_by_name("bytes_scanned")).map_or(0, |v| v.as_usize());
+            }
+            stack.extend(node.children().into_iter().cloned());
+        }
+        (rows, bytes)
+    }
+
+    /// A key lookup on files that all span the key range: the first scan reads every file's
+    /// bloom filter and page index, later scans find them cached and read only the pages that
+    /// hold the key, and still answer exactly (a key that is absent, keys in other files).
+    #[tokio::test]
+    async fn lookups_read_bloom_filters_and_page_indexes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path().to_string_lossy(), 1 << 30)).await.unwrap();
+        run(
+            &engine,
+            "CREATE TABLE u PARTITIONED BY (part) AS SELECT value AS k, 'user-' || CAST(value AS VARCHAR) AS name, \
+             CAST(value % 4 AS INT) AS part FROM generate_series(1, 40000)",
+        )
+        .await;
+        let lookup = |k: i64| format!("SELECT k, name FROM u WHERE k = {k}");
+        let expected = |k: i64| format!("SELECT {k} AS k, 'user-{k}' AS name");
+        let (rows, first) = rows_and_bytes_read(&engine, &lookup(12345)).await;
+        assert_eq!(rows, text(&engine, &expected(12345)).await);
+        let (rows, second) = rows_and_bytes_read(&engine, &lookup(12345)).await;
+        assert_eq!(rows, text(&engine, &expected(12345)).await);
+        // What the first read and the second did not: the bloom filters on k of four files,
+        // each at least 1 KiB for its 10,000 keys.
+        assert!(second > 0 && first >= second + 4 * 1024, "first {first} bytes, then {second}");
+        assert_eq!(rows_and_bytes_read(&engine, &lookup(12345)).await.1, second);
+        for k in [1, 2, 3, 39999, 40000] {
+            assert_eq!(rows_and_bytes_read(&engine, &lookup(k)).await.0, text(&engine, &expected(k)).await, "{k}");
+        }
+        let (rows, _) = rows_and_bytes_read(&engine, "SELECT count(*) AS c FROM u WHERE k = 40001").await;
+        assert_eq!(rows, text(&engine, "SELECT 0 AS c").await);
     }
 
     /// A TIMESTAMP without time zone puts `timestampNtz` in the protocol's reader features: it

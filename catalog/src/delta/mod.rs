@@ -5,6 +5,7 @@
 //! provider share one way of doing each thing.
 
 mod files;
+mod reader;
 mod sink;
 mod staging;
 mod table;
