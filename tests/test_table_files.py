@@ -1,7 +1,8 @@
 """The Parquet files managed tables are written as (issue 15, point 1): every write path gives its
 files a bloom filter on each integer and string column, so a key lookup on a table partitioned
-by something else skips the row groups that cannot hold the key. Read back with pyarrow, and
-checked in the scan's own metrics."""
+by something else skips the row groups that cannot hold the key, and pages of 8,192 rows with
+dictionaries of 64 KiB at most, so it then decodes one small page per column. Read back with
+pyarrow, and checked in the scan's own metrics."""
 
 import json
 import re
@@ -67,12 +68,24 @@ def test_every_write_path_writes_bloom_filters(tmp_path):
             FROM generate_series(1, 240000) ORDER BY user_id""")
         table_dir = next((wh / "t").glob("users-*"))
         _check_files(_live_files(table_dir), bloom=("user_id", "name"), no_bloom=("balance", "seen"))
+        # Unique columns outgrow the 64 KiB dictionary and go on in plain pages, so a lookup
+        # does not decode a dictionary of every value for one row.
+        for f in _live_files(table_dir):
+            group = pq.ParquetFile(f).metadata.row_group(0)
+            for i in range(group.num_columns):
+                column = group.column(i)
+                if column.path_in_schema in ("user_id", "name"):
+                    assert column.has_dictionary_page and "PLAIN" in column.encodings, (f, column)
+                    dictionary = column.data_page_offset - column.dictionary_page_offset
+                    assert dictionary <= 64 * 1024 + 64, (f, column.path_in_schema, dictionary)
 
         # The lookup opens all 4 files, and the statistics keep every row group (each spans the
         # whole user_id range); the bloom filters rule out all but the key's.
         plan = "\n".join(r[-1] for r in _run(cur, "EXPLAIN ANALYZE SELECT * FROM t.users WHERE user_id = 123457"))
         assert _metric(plan, "row_groups_pruned_statistics") == (4, 4), plan
         assert _metric(plan, "row_groups_pruned_bloom_filter") == (4, 1), plan
+        # Pages of 8,192 rows: 8 in the file's 60,000 rows, of which the page index keeps one.
+        assert _metric(plan, "page_index_pages_pruned") == (8, 1), plan
         assert _run(cur, "SELECT user_id, name FROM t.users WHERE user_id = 123457") == [(123457, "user-123457")]
         # A name that is not there, inside every file's min-max range: no row group is read. (A
         # filter has 5 % false positives in general; for this name and data none happens.)
