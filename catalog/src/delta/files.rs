@@ -805,8 +805,9 @@ mod tests {
     }
 
     /// A key lookup on files that all span the key range: the first scan reads every file's
-    /// bloom filter and page index, later scans find them cached and read only the pages that
-    /// hold the key, and still answer exactly (a key that is absent, keys in other files).
+    /// bloom filter and caches its page index with its footer; later scans read only the pages
+    /// that can hold the key, and still answer exactly (a key that is absent, keys in other
+    /// files).
     #[tokio::test]
     async fn lookups_read_bloom_filters_and_page_indexes_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -821,6 +822,16 @@ mod tests {
         let expected = |k: i64| format!("SELECT {k} AS k, 'user-{k}' AS name");
         let (rows, first) = rows_and_bytes_read(&engine, &lookup(12345)).await;
         assert_eq!(rows, text(&engine, &expected(12345)).await);
+        let cached: Vec<_> = (engine.session().runtime().cache_manager.get_file_metadata_cache().list_entries())
+            .into_iter()
+            .filter(|(path, _)| path.as_ref().contains("/public/u-"))
+            .collect();
+        // DataFusion's metadata cache tells, per entry, whether it holds the page index.
+        let with_page_index = cached
+            .iter()
+            .filter(|(_, e)| e.value.file_metadata.extra_info().get("page_index").is_some_and(|v| v == "true"))
+            .count();
+        assert_eq!((cached.len(), with_page_index), (4, 4), "{:?}", cached.iter().map(|(p, _)| p).collect::<Vec<_>>());
         let (rows, second) = rows_and_bytes_read(&engine, &lookup(12345)).await;
         assert_eq!(rows, text(&engine, &expected(12345)).await);
         // What the first read and the second did not: the bloom filters on k of four files,
