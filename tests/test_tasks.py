@@ -15,7 +15,7 @@ from conftest import ADMIN_PASSWORD, Server, adbc_connect, generate_and_load, ru
 ROOT = Path(__file__).resolve().parent.parent
 
 # ~3 s of work in a debug build on two cores.
-SLOW = "SELECT count(*) FROM generate_series(1, 30000000) t(v) WHERE v % 7 = 3"
+SLOW = "SELECT count(*) FROM generate_series(1, 300000000) t(v) WHERE v % 7 = 3"
 
 
 def rows(conn, sql):
@@ -222,7 +222,7 @@ def test_sigkill_during_a_run_then_restart_retries_it(tmp_path):
     run(conn, "CREATE TABLE k.out (slot VARCHAR, n BIGINT) PARTITIONED BY (slot)")
     # Statement 1 commits the slot's partition; statement 2 is slow: the kill lands there.
     run(conn, f"""CREATE TASK k.job SCHEDULE = '1 HOURS' CATCHUP = LATEST RETRIES = 1 RETRY_DELAY = '1s'
-                  AS $$ INSERT OVERWRITE k.out SELECT '${{scheduled_time}}', 1; {SLOW.replace('30000000', '90000000')} $$""")
+                  AS $$ INSERT OVERWRITE k.out SELECT '${{scheduled_time}}', 1; {SLOW.replace('300000000', '90000000')} $$""")
     # Scheduled runs are retried (manual ones are not): a one-second schedule starts one at once,
     # then the schedule turns hourly so that only the retry follows the kill.
     run(conn, "ALTER TASK k.job SET SCHEDULE = '1 SECONDS'")
